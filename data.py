@@ -173,14 +173,28 @@ def collate(batch, patch_size=16):
     return x, mask, torch.tensor([label for _, label in batch])
 
 
-def compressed_bits_per_byte(contents, method):
-    """What a general-purpose compressor needs for the same bytes: each file compressed on its
-    own (as a model codes each file on its own), total compressed bits / total bytes."""
-    compress = {"gzip": lambda b: gzip.compress(b, compresslevel=9, mtime=0),
-                "bz2": lambda b: bz2.compress(b, 9),
-                "lzma": lambda b: lzma.compress(b, preset=9)}[method]
-    total = sum(len(c) for c in contents)
-    return 8 * sum(len(compress(c)) for c in contents) / max(total, 1)
+LZMA_MIN_DICT_BYTES = 4096  # the smallest dictionary liblzma accepts
+
+
+def _xz(content):
+    # `xz -9` settings, with a dictionary no bigger than the file: the same output, ~90x faster on
+    # small files, which would otherwise each allocate the full 64 MiB dictionary.
+    lzma2 = {"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": max(LZMA_MIN_DICT_BYTES, len(content))}
+    return lzma.compress(content, filters=[lzma2])
+
+
+COMPRESSORS = {
+    "gzip": lambda content: gzip.compress(content, compresslevel=9, mtime=0),  # gzip -9
+    "bz2": lambda content: bz2.compress(content, compresslevel=9),  # bzip2 -9
+    "lzma": _xz,  # xz -9
+}
+
+
+def compressed_bits_per_byte(items, method="gzip", compressors=COMPRESSORS):
+    """What a general-purpose compressor needs for the same bytes: each file (a path or bytes)
+    compressed on its own, as a model codes each file on its own; total bits / total bytes."""
+    blobs = [Path(i).read_bytes() if isinstance(i, (str, Path)) else bytes(i) for i in items]
+    return 8 * sum(len(compressors[method](b)) for b in blobs) / max(sum(len(b) for b in blobs), 1)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -367,7 +367,7 @@ def train(argv=None):
         return result
 
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True, disable=None)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2)
     t0, n_bytes, result = time.time(), 0, None
     while step < cfg.max_steps:
         loss_sum = 0.0
