@@ -15,6 +15,8 @@ log.jsonl (one JSON record per log line and per evaluation).
 
 import argparse
 import collections
+import functools
+import inspect
 import json
 import math
 import os
@@ -100,7 +102,6 @@ def _bool(s):
 
 def _field_help(cls, name):
     """The comment after the field in its source: the dataclasses document their own flags."""
-    import inspect
     for line in inspect.getsource(cls).splitlines():
         if line.strip().startswith(f"{name}:") and "#" in line:
             return line.split("#", 1)[1].strip()
@@ -173,10 +174,15 @@ def get_batch(dataset, cfg, micro_step, P):
     items = []
     for j in range(micro_step * cfg.batch_size, (micro_step + 1) * cfg.batch_size):
         epoch, k = divmod(j, len(dataset))
-        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(cfg.seed * 100003 + epoch))
         dataset.rng.seed(cfg.seed * 1_000_003 + j)
-        items.append(dataset[int(order[k])])
+        items.append(dataset[epoch_order(len(dataset), cfg.seed, epoch)[k]])
     return collate(items, P)
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(n, seed, epoch):
+    """The order of the n training items in this epoch (cached: one permutation per epoch)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
 
 
 # ---------------------------------------------------------------------------------------------
