@@ -158,8 +158,8 @@ def load_data(cfg, mcfg):
         train_src, eval_src = conversion_pairs(train_files, cfg.convert), conversion_pairs(eval_files, cfg.convert)
     else:
         train_src, eval_src = train_files, eval_files
-    if cfg.eval_max_files:
-        eval_src = eval_src[:cfg.eval_max_files]
+    if cfg.eval_max_files and len(eval_src) > cfg.eval_max_files:  # evenly spaced: files sorted by
+        eval_src = eval_src[::len(eval_src) // cfg.eval_max_files][:cfg.eval_max_files]  # label keep every label
     train = ByteDataset(train_src, N, P, crop_mode="random", labels=True if cfg.classify else None, seed=cfg.seed)
     held_out = ByteDataset(eval_src, N, P, crop_mode="head", labels=train.classes)
     if cfg.classify and len(train.classes) < 2:
@@ -417,7 +417,7 @@ def train(argv=None):
         log.write(json.dumps({"step": step, "baselines": base}) + "\n")
         saving = 1 - result["content_bpb"] / base["lzma"]
         print(f"held-out content: model {result['content_bpb']:.3f} bits/byte | gzip -9 {base['gzip']:.3f} | "
-              f"bz2 {base['bz2']:.3f} | lzma {base['lzma']:.3f} | {100 * saving:.0f}% fewer bits than lzma")
+              f"bz2 {base['bz2']:.3f} | lzma {base['lzma']:.3f} | {abs(100 * saving):.0f}% {'fewer' if saving >= 0 else 'more'} bits than lzma")
         result = {**result, **{f"{k}_bpb": v for k, v in base.items()}}
     log.close()
     print(f"checkpoint: {ckpt_path}")
