@@ -351,7 +351,7 @@ def train(argv=None):
         set_rng_state(resumed["rng"])
     fwd = torch.compile(model) if cfg.compile else model
     os.makedirs(cfg.out_dir, exist_ok=True)
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a")
+    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if resumed else "w")  # a new run, a new log
     config = {"train": asdict(cfg), "model": asdict(mcfg)}
     # What sample.py needs to know about the data: the class names and the usual extension.
     exts = collections.Counter(file_ext(s[-1] if isinstance(s, tuple) else s) for s in train_ds.sources)
@@ -402,6 +402,7 @@ def train(argv=None):
             record = {"step": step, "loss": loss_sum, "bpb": loss_sum / math.log(2), "lr": scheduler.get_last_lr()[0],
                       "ms_per_step": 1000 * dt / steps_done, "bytes_per_s": n_bytes / dt}
             log.write(json.dumps(record) + "\n")
+            log.flush()  # readable while training runs (a notebook may plot it)
             tqdm.write(f"step {step:5d} | loss {loss_sum:.4f} | bpb {record['bpb']:.3f} | lr {record['lr']:.2e} | "
                        f"{record['ms_per_step']:.0f} ms/step | {record['bytes_per_s']:,.0f} bytes/s")
             t0, n_bytes = time.time(), 0
