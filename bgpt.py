@@ -57,6 +57,14 @@ class BGPTConfig:
 # The transformer pieces, shared by both decoders
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout that, outside training, hands x back without calling into torch at all.
+    Generation passes three of these per byte: about 4% of a small model's time per byte."""
+
+    def forward(self, x):
+        return super().forward(x) if self.training else x
+
+
 class KVCache:
     """Keys and values of the positions one attention layer has already seen.
 
@@ -99,16 +107,14 @@ class CausalSelfAttention(nn.Module):
         self.qkv = nn.Linear(C, 3 * C)  # q, k, v side by side along the output: (C) -> (3C)
         self.proj = nn.Linear(C, C)  # GPT-2's c_proj
         self.dropout = config.dropout
-        self.resid_drop = nn.Dropout(config.dropout)
+        self.resid_drop = Dropout(config.dropout)
         self.fused = config.attention == "fused"
 
     def forward(self, x, cache=None):
         B, L, C = x.shape
         H, D = self.n_heads, C // self.n_heads
-        q, k, v = self.qkv(x).split(C, dim=2)  # (B, L, 3C) -> 3 x (B, L, C)
-        q = q.view(B, L, H, D).transpose(1, 2)  # (B, L, C) -> (B, H, L, D)
-        k = k.view(B, L, H, D).transpose(1, 2)
-        v = v.view(B, L, H, D).transpose(1, 2)
+        qkv = self.qkv(x).view(B, L, 3, H, D).permute(2, 0, 3, 1, 4)  # (B, L, 3C) -> (3, B, H, L, D)
+        q, k, v = qkv.unbind(0)  # 3 x (B, H, L, D): 3 ops where split + 3 views + 3 transposes took 7
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, S, D): S = positions cached so far, these included
         S = k.size(2)
@@ -139,7 +145,7 @@ class MLP(nn.Module):
         C = config.hidden_size
         self.fc = nn.Linear(C, 4 * C)  # GPT-2's c_fc: 768 -> 3072
         self.proj = nn.Linear(4 * C, C)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
 
     def forward(self, x):
         return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))  # GPT-2's "gelu_new"
@@ -167,7 +173,7 @@ class Transformer(nn.Module):
     def __init__(self, config, n_layers, n_positions):
         super().__init__()
         self.pos_emb = nn.Embedding(n_positions, config.hidden_size)
-        self.drop = nn.Dropout(config.dropout)
+        self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=1e-5)
 
