@@ -187,7 +187,8 @@ def never_end(model):
 
 def bench_train(name, args, device):
     spec = CONFIGS[name]
-    cfg = BGPTConfig(**spec["model"], **({} if args.dropout is None else {"dropout": args.dropout}))
+    cfg = BGPTConfig(**spec["model"], checkpoint=args.checkpoint,
+                     **({} if args.dropout is None else {"dropout": args.dropout}))
     B, steps = spec["batch"], args.steps or spec["steps"]
     warmup = spec["warmup"] if args.warmup is None else args.warmup
     torch.manual_seed(0)
@@ -209,7 +210,7 @@ def bench_train(name, args, device):
     seconds = [t for t, _, _ in runs]
     flops, byte_flops = train_flops(cfg, B)
     return dict(
-        config=name, phase="train", params=model.num_params(), batch=B, dropout=cfg.dropout,
+        config=name, phase="train", params=model.num_params(), batch=B, dropout=cfg.dropout, checkpoint=cfg.checkpoint,
         bytes_per_step=x.numel(), step_seconds=summary(seconds),
         bytes_per_second=summary([x.numel() / t for t in seconds]),
         flops_per_step=flops, byte_decoder_flops_share=byte_flops / flops,
@@ -291,7 +292,8 @@ def train_rows(r):
     ms, matmul = r["step_seconds"], r["matmul_flops"]
     return [
         ("params", f"{r['params'] / 1e6:.2f}M"),
-        ("train: batch x bytes, dropout", f"{r['batch']} x {r['bytes_per_step'] // r['batch']:,}, {r['dropout']:g}"),
+        ("train: batch x bytes, dropout", f"{r['batch']} x {r['bytes_per_step'] // r['batch']:,}, {r['dropout']:g}"
+                                          + (", checkpointed" if r.get("checkpoint") else "")),
         ("train: bytes/s, median (range)", rate(r["bytes_per_second"])),
         ("train: ms/step, median", f"{1e3 * ms['median']:,.1f} (n={ms['n']})"),
         ("train: model GFLOP/step", f"{r['flops_per_step'] / 1e9:,.1f} ({100 * r['byte_decoder_flops_share']:.0f}% byte dec.)"),
@@ -365,6 +367,9 @@ def parse_args(argv=None):
     p.add_argument("--gen_repeats", type=int, default=None, help="timed generations per case (default: tiny 5, paper 1)")
     p.add_argument("--dropout", type=float, default=None,
                    help="training dropout (default: BGPTConfig's 0.1, as the release trains)")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="activation checkpointing in training (BGPTConfig.checkpoint): less memory, ~1/3 more FLOPs "
+                        "(not counted in the model FLOPs)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="auto: cuda if available")
     p.add_argument("--compile", action="store_true", help="torch.compile the model for training (not generation)")
     p.add_argument("--json", default="", metavar="PATH", help="also write the raw figures here")

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 EOP = 256  # end-of-patch id: pads a patch, fills the end patch; never a content byte
 VOCAB_SIZE = 257  # 256 byte values + EOP
@@ -42,6 +43,7 @@ class BGPTConfig:
     dropout: float = 0.1  # after embeddings, on attention weights and on residuals (release: 0.1)
     attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "manual": softmax(qk^T/sqrt(D))v
     byte_patches: int = 0  # patch sampling: train the byte decoder on this many patches per batch (0 = all)
+    checkpoint: bool = False  # activation checkpointing: recompute each block in the backward (less memory)
 
     def __post_init__(self):
         for name in ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers", "n_heads"):
@@ -176,14 +178,23 @@ class Transformer(nn.Module):
         self.drop = Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=1e-5)
+        self.checkpoint = config.checkpoint
 
     def forward(self, x, caches=None):  # x: (B, L, C) input embeddings
         start = caches[0].len if caches else 0  # absolute position of the first new input
         # Rows start .. start+L-1 of the position table: a slice is a view, cheaper per generated
         # byte than building index ids with arange and looking them up (same numbers).
         x = self.drop(x + self.pos_emb.weight[start:start + x.size(1)])  # (B, L, C) + (L, C)
+        # Activation checkpointing trades compute for memory: autograd keeps only each block's input
+        # and runs the block's forward again in the backward pass (one more forward: about a third
+        # more FLOPs). The RNG state is saved and restored, so the dropout masks, and so the
+        # gradients, are the ones of the plain path. Only for training: caches mean generation.
+        recompute = self.checkpoint and self.training and caches is None and torch.is_grad_enabled()
         for i, block in enumerate(self.blocks):
-            x = block(x, caches[i] if caches else None)
+            if recompute:
+                x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
+            else:
+                x = block(x, caches[i] if caches else None)
         return self.ln_f(x)  # (B, L, C)
 
     def new_caches(self):

@@ -93,6 +93,34 @@ def test_patch_sampling_trains_on_a_subset():
     assert (model(x)[0].view(14, -1).abs().sum(1) > 0).all()
 
 
+def _loss_grads_and_saved_bytes(checkpoint):
+    """One training forward and backward with dropout on: the loss, every gradient, and the bytes
+    of the tensors autograd kept for the backward pass."""
+    torch.manual_seed(0)
+    model = BGPT(BGPTConfig(**{**TINY, "dropout": 0.1, "checkpoint": checkpoint})).train()
+    x = random_ids(2, 8, 4)
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    torch.manual_seed(1)  # the same dropout masks for both
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        _, loss = model(x)
+    loss.backward()
+    return loss, [p.grad for p in model.parameters()], sum(saved)
+
+
+def test_activation_checkpointing_same_gradients_less_memory():
+    loss, grads, saved = _loss_grads_and_saved_bytes(checkpoint=False)
+    loss_c, grads_c, saved_c = _loss_grads_and_saved_bytes(checkpoint=True)
+    assert torch.equal(loss, loss_c)  # same dropout masks: the RNG state is restored for the recompute
+    for g, gc in zip(grads, grads_c):
+        torch.testing.assert_close(gc, g, rtol=1e-5, atol=1e-6)
+    assert saved_c < saved / 2  # only each block's input is kept
+
+
 @pytest.mark.parametrize("cached", [False, True])
 def test_attention_cores_agree(cached):
     fused, manual = tiny(attention="fused"), tiny(attention="manual")
