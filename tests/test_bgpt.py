@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import bgpt
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTClassifier, BGPTConfig, sample
 
 TINY = dict(patch_size=4, max_patches=8, hidden_size=32, patch_layers=2, byte_layers=2, n_heads=4, dropout=0.0)
@@ -91,6 +92,50 @@ def test_patch_sampling_trains_on_a_subset():
     assert computed.sum() == 3 and torch.isfinite(loss)
     model.eval()  # evaluation always uses every patch
     assert (model(x)[0].view(14, -1).abs().sum(1) > 0).all()
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_linear_single_row_path_matches_plain(two_threads, monkeypatch):
+    """One input row, a weight of 2^17 numbers or more, 2 threads: bgpt.Linear takes its batched
+    path (counted through torch.bmm) and gives F.linear's outputs and gradients."""
+    calls = []
+    real_bmm = torch.bmm
+    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or real_bmm(*a))
+    torch.manual_seed(0)
+    layer = bgpt.Linear(256, 512)  # 131,072 = 2^17 weights
+    for shape in [(256,), (1, 256), (1, 1, 256)]:
+        x = torch.randn(shape, requires_grad=True)
+        y = layer(x)
+        ref = F.linear(x, layer.weight, layer.bias)
+        assert y.shape == ref.shape
+        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
+        (gx,) = torch.autograd.grad(y.sum(), x)
+        (gref,) = torch.autograd.grad(ref.sum(), x)
+        torch.testing.assert_close(gx, gref, rtol=1e-5, atol=1e-5)
+    assert len(calls) == 3
+    layer(torch.randn(2, 256))  # two rows: the plain path
+    bgpt.Linear(128, 512)(torch.randn(1, 128))  # 2^16 weights: the plain path
+    assert len(calls) == 3
+
+
+def test_generation_same_with_one_and_two_threads(two_threads):
+    """At hidden 256 cached generation runs the blocks' big weights through the batched path with
+    2 threads and through F.linear with 1: the same greedy bytes."""
+    torch.manual_seed(0)
+    model = BGPT(BGPTConfig(patch_size=4, max_patches=16, hidden_size=256, patch_layers=1, byte_layers=1,
+                            n_heads=4, dropout=0.0)).eval()
+    prompt = random_ids(1, 2, 4)
+    two = model.generate(prompt, 40, top_k=1)
+    torch.set_num_threads(1)
+    one = model.generate(prompt, 40, top_k=1)
+    assert torch.equal(one, two)
 
 
 def _loss_grads_and_saved_bytes(checkpoint):
