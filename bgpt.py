@@ -17,7 +17,7 @@ positions. This file holds the model and nothing else; it needs torch alone.
 Shape letters used in comments throughout:
   B batch, N patches, P bytes per patch, T = N*P ids, C hidden width, V = 257 vocabulary,
   H heads, D = C/H head size, M = rows handed to the byte decoder (one per predicted patch),
-  L positions in the current call (with a KV cache, the new positions only).
+  L positions in the current call, S positions attended to (with a KV cache: cached + L).
 """
 
 import math
@@ -40,17 +40,19 @@ class BGPTConfig:
     patch_layers: int = 12  # GPT-2 blocks in the patch decoder
     byte_layers: int = 3  # GPT-2 blocks in the byte decoder
     n_heads: int = 12  # H; head size D = C / H (768 / 12 = 64)
-    dropout: float = 0.1  # after embeddings, on attention weights and on residuals (release: 0.1)
-    attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "manual": softmax(qk^T/sqrt(D))v
-    byte_patches: int = 0  # patch sampling: train the byte decoder on this many patches per batch (0 = all)
-    checkpoint: bool = False  # activation checkpointing: recompute each block in the backward (less memory)
+    dropout: float = 0.1  # after embeddings, on attention weights, on residuals (release: 0.1)
+    attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "manual": written out
+    byte_patches: int = 0  # patch sampling: byte decoder trains on this many patches (0 = all)
+    checkpoint: bool = False  # activation checkpointing: recompute blocks in backward, less memory
 
     def __post_init__(self):
-        for name in ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers", "n_heads"):
+        for name in ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers",
+                     "n_heads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
         if self.hidden_size % self.n_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by n_heads {self.n_heads}")
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
+                             f"n_heads {self.n_heads}")
         if self.attention not in ("fused", "manual"):
             raise ValueError(f"attention must be 'fused' or 'manual', not {self.attention!r}")
 
@@ -59,56 +61,15 @@ class BGPTConfig:
 # The transformer pieces, shared by both decoders
 
 
-class Dropout(nn.Dropout):
-    """nn.Dropout that, outside training, hands x back without calling into torch at all.
-    Generation passes three of these per byte: about 4% of a small model's time per byte."""
-
-    def forward(self, x):
-        return super().forward(x) if self.training else x
-
-
-class Linear(nn.Linear):
-    """nn.Linear, with one more path for a single input row on a CPU: generation at batch 1.
-
-    There y = W x is a matrix-vector product whose cost is reading W from memory, and the CPU
-    kernel behind F.linear reads it on one core: 12.7 GB/s for the paper's 3072 x 768 MLP weight
-    on our 2-core machine. Cut W into k blocks of rows (k = torch's threads) and multiply them by x
-    as one batched matmul, and each core reads its own block: 37 GB/s there, and the paper config
-    generates 2.0-2.3x faster at batch 1 (bench.py). Each output is still one row of W times x.
-    Weights under 2^17 numbers stay on the plain path: they sit in the cache, and there the
-    batched call's overhead costs more than it saves."""
-
-    def __init__(self, in_features, out_features, **kw):
-        super().__init__(in_features, out_features, **kw)
-        self.big = in_features * out_features >= 2 ** 17  # decided once: the check runs on every call
-
-    def forward(self, x):
-        if self.big and x.numel() == self.in_features and x.device.type == "cpu":
-            k = torch.get_num_threads()
-            if k > 1 and self.out_features % k == 0:
-                return self._split_rows(x, k)
-        return F.linear(x, self.weight, self.bias)
-
-    def _split_rows(self, x, k):
-        w = self.weight.view(k, self.out_features // k, self.in_features)  # (k, out/k, in)
-        # x as a column, the same memory k times: (k, in, 1). Built as the transpose of a row, which
-        # gives it the strides under which the batched kernel splits the work across threads.
-        col = x.reshape(1, self.in_features).t().expand(k, self.in_features, 1)
-        y = torch.bmm(w, col).view(1, self.out_features)  # (k, out/k, 1) -> (1, out)
-        y = y if self.bias is None else y + self.bias
-        return y.view(x.shape[:-1] + (self.out_features,))
-
-
 class KVCache:
     """Keys and values of the positions one attention layer has already seen.
 
-    At generation time a decoder sees one new position per call. Without a cache it would
-    recompute keys and values for the whole prefix every time (the released code does: every new
-    patch re-runs the patch decoder over all patches so far, every new byte re-runs the byte
-    decoder over the patch so far). With it, each call computes q, k, v for the new position only
-    and attends over the stored keys. The buffer is allocated once, at the first append, in the
-    dtype the layer produces (bf16 under autocast), and reused after `reset()`.
-    """
+    Generation adds one position per call: a byte to the byte decoder, a whole patch to the
+    patch decoder. Without a cache each call recomputes keys and values for its whole prefix (the
+    released code does: every new patch re-runs the patch decoder over all patches so far, every
+    new byte re-runs the byte decoder over its patch so far). With one, a call computes q, k, v
+    for its new positions only and attends over the stored keys too. The buffer is allocated
+    once, in the dtype the layer produces (bf16 under autocast), and reused after reset()."""
 
     def __init__(self, max_len):
         self.max_len = max_len
@@ -128,7 +89,13 @@ class KVCache:
         self.k[:, :, self.len:self.len + L] = k
         self.v[:, :, self.len:self.len + L] = v
         self.len += L
-        return self.k[:, :, :self.len], self.v[:, :, :self.len]  # (B, H, len, D) each
+        return self.k[:, :, :self.len], self.v[:, :, :self.len]  # (B, H, S, D) each
+
+
+def causal_mask(L, S, device):
+    """(L, S), True where a query may see a key: the L queries are the last L of S positions, so
+    query i sits at position S - L + i and sees keys 0 .. S - L + i."""
+    return torch.ones(L, S, dtype=torch.bool, device=device).tril(diagonal=S - L)
 
 
 class CausalSelfAttention(nn.Module):
@@ -138,36 +105,35 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         C = config.hidden_size
         self.n_heads = config.n_heads
-        self.qkv = Linear(C, 3 * C)  # q, k, v side by side along the output: (C) -> (3C)
-        self.proj = Linear(C, C)  # GPT-2's c_proj
+        self.qkv = nn.Linear(C, 3 * C)  # q, k, v side by side along the output: (C) -> (3C)
+        self.proj = nn.Linear(C, C)  # GPT-2's c_proj
         self.dropout = config.dropout
-        self.resid_drop = Dropout(config.dropout)
+        self.resid_drop = nn.Dropout(config.dropout)
         self.fused = config.attention == "fused"
 
-    def forward(self, x, cache=None):
+    def forward(self, x, cache=None):  # x: (B, L, C)
         B, L, C = x.shape
         H, D = self.n_heads, C // self.n_heads
-        qkv = self.qkv(x).view(B, L, 3, H, D).permute(2, 0, 3, 1, 4)  # (B, L, 3C) -> (3, B, H, L, D)
-        q, k, v = qkv.unbind(0)  # 3 x (B, H, L, D): 3 ops where split + 3 views + 3 transposes took 7
+        qkv = self.qkv(x).view(B, L, 3, H, D).permute(2, 0, 3, 1, 4)  # -> (3, B, H, L, D)
+        q, k, v = qkv.unbind(0)  # (B, H, L, D) each
         if cache is not None:
-            k, v = cache.append(k, v)  # (B, H, S, D): S = positions cached so far, these included
+            k, v = cache.append(k, v)  # (B, H, S, D): the cached positions, then these L
         S = k.size(2)
-        # Query i sits at absolute position S - L + i and may see keys 0 .. S - L + i. Without a
-        # cache S == L and this is the usual lower triangle; one new query (L == 1) sees everything.
-        mask = None
-        if 1 < L < S or not self.fused:
-            mask = torch.ones(L, S, dtype=torch.bool, device=x.device).tril(diagonal=S - L)  # (L, S)
+        # Query i is position S - L + i and sees keys 0 .. S - L + i. No cache (L == S): the plain
+        # triangle, which is_causal=True builds in the kernel. One new position (L == 1) is the
+        # last one and sees every key: no mask. 1 < L < S: the shifted triangle, spelled out.
+        mask = causal_mask(L, S, x.device) if 1 < L < S else None
         p = self.dropout if self.training else 0.0
         if self.fused:
-            # One call; on a GPU it dispatches to a flash or memory-efficient kernel that never
-            # writes the (L, S) attention matrix to memory.
+            # One call: on a GPU a flash kernel that never writes the (L, S) matrix to memory.
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               is_causal=mask is None and L == S and L > 1)
+                                               is_causal=L == S)
         else:
             # The same computation written out: scores, causal mask, softmax, weighted values.
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, L, D) @ (B, H, D, S) -> (B, H, L, S)
-            att = att.masked_fill(~mask, float("-inf")).softmax(dim=-1)
-            att = F.dropout(att, p, self.training)
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, L, D) @ (B, H, D, S)
+            if L > 1:  # the triangle is_causal or mask stands for in the fused call
+                att = att.masked_fill(~causal_mask(L, S, x.device), float("-inf"))
+            att = F.dropout(att.softmax(dim=-1), p, self.training)  # (B, H, L, S)
             y = att @ v  # (B, H, L, S) @ (B, H, S, D) -> (B, H, L, D)
         y = y.transpose(1, 2).reshape(B, L, C)  # (B, H, L, D) -> (B, L, C): heads side by side
         return self.resid_drop(self.proj(y))
@@ -177,9 +143,9 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         C = config.hidden_size
-        self.fc = Linear(C, 4 * C)  # GPT-2's c_fc: 768 -> 3072
-        self.proj = Linear(4 * C, C)
-        self.drop = Dropout(config.dropout)
+        self.fc = nn.Linear(C, 4 * C)  # GPT-2's c_fc: 768 -> 3072
+        self.proj = nn.Linear(4 * C, C)  # GPT-2's c_proj
+        self.drop = nn.Dropout(config.dropout)
 
     def forward(self, x):
         return self.drop(self.proj(F.gelu(self.fc(x), approximate="tanh")))  # GPT-2's "gelu_new"
@@ -207,21 +173,21 @@ class Transformer(nn.Module):
     def __init__(self, config, n_layers, n_positions):
         super().__init__()
         self.pos_emb = nn.Embedding(n_positions, config.hidden_size)
-        self.drop = Dropout(config.dropout)
+        self.drop = nn.Dropout(config.dropout)
         self.blocks = nn.ModuleList(Block(config) for _ in range(n_layers))
         self.ln_f = nn.LayerNorm(config.hidden_size, eps=1e-5)
         self.checkpoint = config.checkpoint
 
     def forward(self, x, caches=None):  # x: (B, L, C) input embeddings
         start = caches[0].len if caches else 0  # absolute position of the first new input
-        # Rows start .. start+L-1 of the position table: a slice is a view, cheaper per generated
-        # byte than building index ids with arange and looking them up (same numbers).
+        # Rows start .. start+L-1 of the position table, as a view: no ids to build and look up.
         x = self.drop(x + self.pos_emb.weight[start:start + x.size(1)])  # (B, L, C) + (L, C)
-        # Activation checkpointing trades compute for memory: autograd keeps only each block's input
-        # and runs the block's forward again in the backward pass (one more forward: about a third
-        # more FLOPs). The RNG state is saved and restored, so the dropout masks, and so the
+        # Activation checkpointing trades compute for memory: autograd keeps only each block's
+        # input and runs the block's forward again in the backward pass (one more forward: a
+        # third more FLOPs). The RNG state is saved and restored, so the dropout masks, and so the
         # gradients, are the ones of the plain path. Only for training: caches mean generation.
-        recompute = self.checkpoint and self.training and caches is None and torch.is_grad_enabled()
+        recompute = (self.checkpoint and self.training and caches is None
+                     and torch.is_grad_enabled())
         for i, block in enumerate(self.blocks):
             if recompute:
                 x = torch.utils.checkpoint.checkpoint(block, x, use_reentrant=False)
@@ -243,22 +209,23 @@ class PatchDecoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.patch_size = config.patch_size
-        # The patch embedding. The release one-hot encodes each of the P ids of a patch (257 wide),
-        # flattens the patch to P x 257 = 4112 numbers and applies one Linear(4112 -> C). A one-hot
-        # vector times a matrix just picks a row, so that Linear is the sum of P rows of its
-        # (4112, C) weight: row p * 257 + id for the id at position p. We store those rows as an
-        # embedding table and let F.embedding_bag gather and sum them in one op: no (B, N, 4112)
-        # one-hot tensor, no (B, N, P, C) gathered tensor, and the same numbers.
+        # The patch embedding. The release one-hot encodes each of the P ids of a patch (257
+        # wide), flattens the patch to P x 257 = 4112 numbers and applies one Linear(4112 -> C).
+        # A one-hot vector times a matrix just picks a row, so that Linear is the sum of P rows of
+        # its (4112, C) weight: row p * 257 + id for the id at position p. We store those rows as
+        # an embedding table and let F.embedding_bag gather and sum them in one op: no
+        # (B, N, 4112) one-hot tensor, no (B, N, P, C) gathered tensor, and the same numbers.
         self.embed = nn.Embedding(config.patch_size * VOCAB_SIZE, config.hidden_size)  # (P*V, C)
         self.embed_bias = nn.Parameter(torch.zeros(config.hidden_size))  # the Linear's bias
-        self.register_buffer("offsets", torch.arange(config.patch_size) * VOCAB_SIZE, persistent=False)
+        offsets = torch.arange(config.patch_size) * VOCAB_SIZE  # (P,): 0, 257, 514, ...
+        self.register_buffer("offsets", offsets, persistent=False)
         self.transformer = Transformer(config, config.patch_layers, config.max_patches)
 
     def forward(self, patches, caches=None):  # patches: (B, N, P) ids
         B, N, P = patches.shape
         rows = (patches + self.offsets).view(B * N, P)  # id at position p -> row p*257 + id
-        x = F.embedding_bag(rows, self.embed.weight, mode="sum") + self.embed_bias  # (B*N, P) -> (B*N, C)
-        return self.transformer(x.view(B, N, -1), caches)  # (B, N, C)
+        x = F.embedding_bag(rows, self.embed.weight, mode="sum")  # (B*N, P) -> (B*N, C)
+        return self.transformer((x + self.embed_bias).view(B, N, -1), caches)  # (B, N, C)
 
 
 class ByteDecoder(nn.Module):
@@ -274,8 +241,8 @@ class ByteDecoder(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.embed = nn.Embedding(VOCAB_SIZE, config.hidden_size)  # (V, C), also the output layer
-        # P positions suffice. The release feeds [feature, b0..b15] (17 positions, 17 position rows)
-        # and discards the last output; attention is causal, so dropping it changes nothing else.
+        # P positions suffice. The release feeds [feature, b0..b15] (17 positions, 17 position
+        # rows) and discards the last output; attention is causal, so dropping it changes nothing.
         self.transformer = Transformer(config, config.byte_layers, config.patch_size)
 
     def forward(self, feature, ids, caches=None):
@@ -297,7 +264,9 @@ class BGPT(nn.Module):
         self.config = config
         self.patch_decoder = PatchDecoder(config)
         self.byte_decoder = ByteDecoder(config)
-        init_weights(self, config.patch_layers + config.byte_layers)
+        # The release builds two GPT-2 models, so each is initialised for its own depth.
+        init_weights(self.patch_decoder, config.patch_layers)
+        init_weights(self.byte_decoder, config.byte_layers)
 
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
@@ -310,84 +279,75 @@ class BGPT(nn.Module):
         cfg = self.config
         P = cfg.patch_size
         B, N = check_ids(x, cfg).shape[0], x.shape[1] // P
+        M = B * (N - 1)
         patches = x.view(B, N, P)  # (B, T) -> (B, N, P)
         features = self.patch_decoder(patches)  # (B, N, C)
         # The one-patch shift: the feature of patch i predicts patch i+1. So features 0..N-2
         # meet targets 1..N-1, the header (patch 0) is never predicted and the last feature has
         # nothing left to predict.
-        features = features[:, :-1].reshape(B * (N - 1), -1)  # (B*(N-1), C) = (M, C)
-        targets = patches[:, 1:].reshape(B * (N - 1), P)  # (M, P)
+        features = features[:, :-1].reshape(M, -1)  # (B, N-1, C) -> (M, C)
+        targets = patches[:, 1:].reshape(M, P)  # (B, N-1, P) -> (M, P)
         # Which rows the byte decoder runs on: the unmasked ones, and with patch sampling a random
         # subset of those (the byte decoder is 3 of 15 layers but runs on P = 16 positions per
         # patch, so it is most of the training FLOPs; sampling trades its gradient for speed).
-        keep = None if mask is None else mask[:, 1:].reshape(-1).bool()  # (M,)
-        if self.training and 0 < cfg.byte_patches < (B * (N - 1) if keep is None else int(keep.sum())):
-            candidates = torch.arange(B * (N - 1), device=x.device) if keep is None else keep.nonzero()[:, 0]
-            chosen = candidates[torch.randperm(len(candidates), device=x.device)[:cfg.byte_patches]]
-            keep = torch.zeros(B * (N - 1), dtype=torch.bool, device=x.device).index_fill_(0, chosen, True)
+        keep = None if mask is None else mask[:, 1:].reshape(M).bool()  # (M,)
+        if self.training and 0 < cfg.byte_patches < (M if keep is None else int(keep.sum())):
+            rows = torch.arange(M, device=x.device) if keep is None else keep.nonzero()[:, 0]
+            chosen = rows[torch.randperm(len(rows), device=x.device)[:cfg.byte_patches]]
+            keep = torch.zeros(M, dtype=torch.bool, device=x.device).index_fill_(0, chosen, True)
         rows = slice(None) if keep is None else keep
         logits = self.byte_decoder(features[rows], targets[rows][:, :-1])  # (M', P, V)
         loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE).float(), targets[rows].reshape(-1))
         if keep is not None:  # rows the byte decoder skipped get zero logits
-            logits = logits.new_zeros(B * (N - 1), P, VOCAB_SIZE).index_put_((keep,), logits)
+            logits = logits.new_zeros(M, P, VOCAB_SIZE).index_put_((keep,), logits)
         return logits.view(B, (N - 1) * P, VOCAB_SIZE), loss
 
-    def generate(self, x, max_new_bytes, temperature=1.0, top_k=None, top_p=None,
-                 use_cache=True, generator=None):
+    def generate(self, x, max_new_bytes, temperature=1.0, top_k=None, top_p=None, generator=None):
         """Continue x: (B, T0) ids, a header patch first; T0 need not be a multiple of P. Returns
-        the new ids (B, K), K <= max_new_bytes: a row ends at its first EOP (padded with EOP after
-        it), all rows at max_new_bytes or when the context is full. use_cache=False recomputes
-        every prefix from scratch, as the released code does (for tests and benchmarks)."""
-        # inference_mode is no_grad without the bookkeeping autograd keeps on every tensor (version
-        # counters, view records): about an eighth of a small model's time per generated byte.
-        # Tensors made in it can never join autograd or be changed in place outside it, so the
-        # result leaves as an ordinary copy.
+        the new ids (B, K): K = max_new_bytes, fewer only when every row has ended (a row ends at
+        its first EOP and is padded with EOP after it) or when the context is full."""
+        # inference_mode: no_grad without autograd's per-tensor bookkeeping. Its tensors can never
+        # join autograd or change in place outside it, so the result leaves as an ordinary copy.
         with torch.inference_mode():
-            out = self._generate(x, max_new_bytes, temperature, top_k, top_p, use_cache, generator)
+            out = self._generate(x, max_new_bytes, temperature, top_k, top_p, generator)
         return out.clone()
 
-    def _generate(self, x, max_new_bytes, temperature, top_k, top_p, use_cache, generator):
+    def _generate(self, x, max_new_bytes, temperature, top_k, top_p, generator):
         cfg = self.config
         P = cfg.patch_size
-        check_ids(x, cfg, whole_patches=False)
-        B, T0 = x.shape
+        B, T0 = check_ids(x, cfg, whole_patches=False).shape
         if T0 < P:
             raise ValueError(f"the prompt has {T0} ids; it needs at least the {P}-id header patch")
-        n_new = min(max_new_bytes, cfg.max_patches * P - T0)
-        out = x.new_full((B, max(n_new, 0)), EOP)
+        n_new = max(0, min(max_new_bytes, cfg.max_patches * P - T0))
+        out = x.new_full((B, n_new), EOP)
         done = torch.zeros(B, dtype=torch.bool, device=x.device)
-        patch_caches = self.patch_decoder.transformer.new_caches() if use_cache else None
-        byte_caches = self.byte_decoder.transformer.new_caches() if use_cache else None
-        n_full, k = T0 // P, T0 % P  # whole patches in the prompt; bytes of the patch in progress
-        full = x[:, :n_full * P].view(B, n_full, P)  # (B, n_full, P) whole patches so far
-        patch = x.new_full((B, P), EOP)  # the patch in progress, filled in place (no torch.cat per byte)
+        # One KV cache per block. The patch decoder's gain one position per finished patch; the
+        # byte decoder's are emptied at every patch, since the byte decoder restarts there.
+        patch_caches = self.patch_decoder.transformer.new_caches()
+        byte_caches = self.byte_decoder.transformer.new_caches()
+        n_full, k = divmod(T0, P)  # whole patches in the prompt; bytes of the patch in progress
+        patch = x.new_full((B, P), EOP)  # the patch in progress, filled in place
         patch[:, :k] = x[:, n_full * P:]
-        # The feature of the last whole patch starts the patch in progress.
-        feature = self.patch_decoder(full, patch_caches)[:, -1]  # (B, C)
+        # The prompt goes in whole: the feature of its last whole patch, then the k bytes so far.
+        full = x[:, :n_full * P].view(B, n_full, P)  # (B, T0) -> (B, n_full, P)
+        feature = self.patch_decoder(full, patch_caches)[:, -1]  # (B, n_full, C) -> (B, C)
         logits = self.byte_decoder(feature, patch[:, :k], byte_caches)[:, -1]  # (B, V)
         for i in range(n_new):
-            nxt = sample(logits, temperature, top_k, top_p, generator)  # (B,)
-            nxt = nxt.masked_fill(done, EOP)
-            out[:, i] = nxt
+            nxt = sample(logits, temperature, top_k, top_p, generator).masked_fill(done, EOP)
+            out[:, i] = nxt  # (B,)
             done |= nxt == EOP
             if done.all() or i == n_new - 1:
                 return out[:, :i + 1]
             patch[:, k] = nxt
             k += 1
-            if k == P:  # a patch is complete: one new position for the patch decoder
-                if use_cache:
-                    feature = self.patch_decoder(patch[:, None], patch_caches)[:, -1]  # (B, C)
-                    for cache in byte_caches:  # the byte decoder restarts at every patch
-                        cache.reset()
-                else:
-                    full = torch.cat([full, patch[:, None]], dim=1)  # (B, n+1, P), a copy: patch is reused
-                    feature = self.patch_decoder(full)[:, -1]
+            if k < P:  # one new position for the byte decoder: the byte just drawn
+                logits = self.byte_decoder(None, patch[:, k - 1:k], byte_caches)[:, -1]
+            else:  # a finished patch: one new position for the patch decoder, a fresh byte decoder
+                feature = self.patch_decoder(patch[:, None], patch_caches)[:, -1]  # (B, C)
+                for cache in byte_caches:
+                    cache.reset()
                 k = 0
                 logits = self.byte_decoder(feature, patch[:, :0], byte_caches)[:, -1]
-            elif use_cache:  # one new position for the byte decoder
-                logits = self.byte_decoder(None, patch[:, k - 1:k], byte_caches)[:, -1]
-            else:
-                logits = self.byte_decoder(feature, patch[:, :k])[:, -1]
         return out
 
     @classmethod
@@ -414,7 +374,7 @@ class BGPTClassifier(nn.Module):
         cfg = self.config
         B, N = check_ids(x, cfg).shape[0], x.shape[1] // cfg.patch_size
         features = self.patch_decoder(x.view(B, N, cfg.patch_size))  # (B, N, C)
-        w = torch.ones(B, N, 1, device=x.device) if mask is None else mask[:, :, None].to(features.dtype)
+        w = features.new_ones(B, N, 1) if mask is None else mask[:, :, None].to(features.dtype)
         pooled = (features * w).sum(1) / w.sum(1)  # mean over real patches: (B, N, C) -> (B, C)
         logits = self.head(pooled)  # (B, n_classes)
         loss = None if labels is None else F.cross_entropy(logits.float(), labels)
@@ -424,8 +384,9 @@ class BGPTClassifier(nn.Module):
         """Start from a generative model: a BGPT, its state dict, or a released checkpoint."""
         if isinstance(source, BGPT):
             source = source.state_dict()
-        if any(k.startswith("patch_level_decoder.") for k in _official_model_dict(source)):
-            source = convert_official(_official_model_dict(source), self.config, byte_decoder=False)
+        released = _official_model_dict(source)
+        if any(k.startswith("patch_level_decoder.") for k in released):
+            source = convert_official(released, self.config, byte_decoder=False)
         prefix = "patch_decoder."
         sd = {k[len(prefix):]: v for k, v in source.items() if k.startswith(prefix)}
         if not sd:
@@ -439,12 +400,13 @@ class BGPTClassifier(nn.Module):
         config = official_config(sd, byte_layers=1, **overrides)
         model = cls(config, n_classes).load_patch_decoder(sd)
         if "classifier.weight" in sd and sd["classifier.weight"].shape[0] == n_classes:
-            model.head.load_state_dict({"weight": sd["classifier.weight"], "bias": sd["classifier.bias"]})
+            model.head.load_state_dict({"weight": sd["classifier.weight"],
+                                        "bias": sd["classifier.bias"]})
         return model
 
 
 # ---------------------------------------------------------------------------------------------
-# Helpers: input checks, initialisation, sampling, released checkpoints
+# Helpers: input checks, initialisation, sampling
 
 
 def check_ids(x, config, whole_patches=True):
@@ -457,15 +419,16 @@ def check_ids(x, config, whole_patches=True):
     if whole_patches and x.size(1) % P:
         raise ValueError(f"sequence length {x.size(1)} is not a multiple of patch_size {P}")
     if whole_patches and x.size(1) < 2 * P:
-        raise ValueError(f"sequence length {x.size(1)} < 2 patches: a header and at least one more")
+        raise ValueError(f"sequence length {x.size(1)} < 2 patches: a header and one more")
     if -(-x.size(1) // P) > config.max_patches:
         raise ValueError(f"{-(-x.size(1) // P)} patches exceed max_patches {config.max_patches}")
     return x
 
 
 def init_weights(model, n_layers):
-    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and the projections that write into
-    the residual stream scaled by 1/sqrt(2 * layers) so the stream's variance stays near 1."""
+    """GPT-2's initialisation of a model n_layers deep: N(0, 0.02) weights, zero biases, and the
+    projections that write into the residual stream (attn.proj, mlp.proj: two per block) scaled
+    by 1/sqrt(2 * n_layers), so that the stream's variance stays near 1 through the stack."""
     for name, p in model.named_parameters():
         if name.endswith("bias"):
             nn.init.zeros_(p)
@@ -487,17 +450,16 @@ def sample(logits, temperature=1.0, top_k=None, top_p=None, generator=None):
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None:
         # Keep the smallest set of most likely ids whose probabilities sum to at least top_p.
-        sorted_logits, order = logits.sort(dim=-1, descending=True)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        drop = cum - sorted_logits.softmax(dim=-1) >= top_p  # mass before this id already enough
+        sorted_logits, order = logits.sort(dim=-1, descending=True)  # (B, V) each
+        p = sorted_logits.softmax(dim=-1)
+        drop = p.cumsum(dim=-1) - p >= top_p  # the ids before this one already reach top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    probs = logits.softmax(dim=-1)
-    # The draw torch.multinomial(probs, 1) makes, written out: the argmax of probs / Exp(1) noise
-    # picks id i with probability probs[i] (the Gumbel-max trick). multinomial first checks probs
-    # for NaN, inf and all-zero rows with eight more small ops and two syncs, about 7% of a small
-    # model's time per generated byte; same noise from the same generator, so the same draws.
-    noise = torch.empty_like(probs).exponential_(generator=generator)  # (B, V)
-    return (probs / noise).argmax(dim=-1)  # (B,)
+    probs = logits.softmax(dim=-1)  # (B, V)
+    return torch.multinomial(probs, 1, generator=generator)[:, 0]  # (B, 1) -> (B,)
+
+
+# ---------------------------------------------------------------------------------------------
+# Released checkpoints: their GPT-2 layout renamed to ours
 
 
 def _official_model_dict(sd):
@@ -508,25 +470,22 @@ def _official_model_dict(sd):
     return sd
 
 
-def _count_layers(sd, prefix):
-    n = 0
-    while f"{prefix}{n}.ln_1.weight" in sd:
-        n += 1
-    return n
-
-
 def official_config(sd, **overrides):
     """Read a BGPTConfig off a released state dict's tensor shapes."""
     key = "patch_level_decoder.patch_embedding.weight"
     if key not in sd:
         raise ValueError(f"not a released bGPT state dict: no '{key}'")
     hidden, flat = sd[key].shape  # Linear(P*257 -> C) stores (C, P*257)
+
+    def n_layers(prefix):  # blocks 0, 1, ...: one ln_1 each
+        return sum(k.startswith(prefix) and k.endswith(".ln_1.weight") for k in sd)
+
     if flat % VOCAB_SIZE:
         raise ValueError(f"'{key}' has {flat} inputs, not a multiple of {VOCAB_SIZE}")
     fields = dict(patch_size=flat // VOCAB_SIZE, hidden_size=hidden,
                   max_patches=sd["patch_level_decoder.base.wpe.weight"].shape[0],
-                  patch_layers=_count_layers(sd, "patch_level_decoder.base.h."),
-                  byte_layers=_count_layers(sd, "byte_level_decoder.base.transformer.h."),
+                  patch_layers=n_layers("patch_level_decoder.base.h."),
+                  byte_layers=n_layers("byte_level_decoder.base.transformer.h."),
                   n_heads=max(1, hidden // 64), dropout=0.0)  # the release's heads are 64 wide
     fields.update(overrides)
     return BGPTConfig(**fields)
@@ -536,15 +495,16 @@ def convert_official(sd, config, byte_decoder=True):
     """Rename a released state dict to ours. GPT-2's Conv1D keeps weights as (in, out), the
     transpose of nn.Linear; the release's patch embedding is a real nn.Linear (out, in), whose
     transpose is our (P*V, C) table. Raises ValueError on missing or unexpected tensors."""
-    def stack(src, dst, n_layers):
-        out = {f"{dst}pos_emb.weight": None, f"{dst}ln_f.weight": f"{src}ln_f.weight", f"{dst}ln_f.bias": f"{src}ln_f.bias"}
+    def stack(src, dst, n_layers):  # our name -> theirs, or (how to convert, theirs)
+        out = {f"{dst}ln_f.weight": f"{src}ln_f.weight", f"{dst}ln_f.bias": f"{src}ln_f.bias"}
         for i in range(n_layers):
             s, d = f"{src}h.{i}.", f"{dst}blocks.{i}."
             for a, b in [("ln_1", "ln1"), ("ln_2", "ln2")]:
                 out[f"{d}{b}.weight"], out[f"{d}{b}.bias"] = f"{s}{a}.weight", f"{s}{a}.bias"
             for a, b in [("attn.c_attn", "attn.qkv"), ("attn.c_proj", "attn.proj"),
                          ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.proj")]:
-                out[f"{d}{b}.weight"], out[f"{d}{b}.bias"] = ("T", f"{s}{a}.weight"), f"{s}{a}.bias"
+                out[f"{d}{b}.weight"] = ("T", f"{s}{a}.weight")
+                out[f"{d}{b}.bias"] = f"{s}{a}.bias"
         return out
 
     names = stack("patch_level_decoder.base.", "patch_decoder.transformer.", config.patch_layers)
@@ -564,7 +524,8 @@ def convert_official(sd, config, byte_decoder=True):
         if theirs not in sd:
             raise ValueError(f"not a released bGPT state dict: '{theirs}' is missing")
         t = sd[theirs]
-        out[ours] = t.t().contiguous() if how == "T" else t[:config.patch_size] if how == "ROWS" else t
+        out[ours] = (t.t().contiguous() if how == "T" else t[:config.patch_size] if how == "ROWS"
+                     else t)  # ROWS: the byte decoder's first P of the release's P + 1 positions
         used.add(theirs)
     extra = [k for k in sd if k not in used and not k.endswith((".attn.bias", ".attn.masked_bias"))
              and not (k.startswith("byte_level_decoder.") and not byte_decoder)

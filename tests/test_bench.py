@@ -34,12 +34,16 @@ def test_quick_run_prints_the_table_and_writes_the_figures(tmp_path):
 def test_flops_formula_counts_the_models_matmul_weights():
     """train_flops assumes 12 C^2 matmul weights per block and V*C in the tied output layer; count
     the real model's Linear weights instead and rebuild the total from the docstring's formula."""
-    cfg = BGPTConfig(patch_size=4, max_patches=8, hidden_size=64, patch_layers=3, byte_layers=2, n_heads=2)
+    cfg = BGPTConfig(patch_size=4, max_patches=8, hidden_size=64, patch_layers=3, byte_layers=2,
+                     n_heads=2)
     model = BGPT(cfg)
-    linear = lambda m: sum(x.weight.numel() for x in m.modules() if isinstance(x, nn.Linear))  # noqa: E731
+
+    def linear(m):
+        return sum(x.weight.numel() for x in m.modules() if isinstance(x, nn.Linear))
+
     B, N, P, C = 3, 8, 4, 64
     patch = 6 * B * N * linear(model.patch_decoder) + 12 * 3 * B * N * N * C
-    byte_weights = linear(model.byte_decoder) + model.byte_decoder.embed.weight.numel()  # + tied output
+    byte_weights = linear(model.byte_decoder) + model.byte_decoder.embed.weight.numel()  # + tied
     byte = 6 * B * (N - 1) * P * byte_weights + 12 * 2 * B * (N - 1) * P * P * C
     total, byte_part = bench.train_flops(cfg, B)
     assert (total, byte_part) == (patch + byte, byte)

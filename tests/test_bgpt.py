@@ -10,7 +10,8 @@ import torch.nn.functional as F
 import bgpt
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTClassifier, BGPTConfig, sample
 
-TINY = dict(patch_size=4, max_patches=8, hidden_size=32, patch_layers=2, byte_layers=2, n_heads=4, dropout=0.0)
+TINY = dict(patch_size=4, max_patches=8, hidden_size=32, patch_layers=2, byte_layers=2, n_heads=4,
+            dropout=0.0)
 
 
 def tiny(**kw):
@@ -94,50 +95,6 @@ def test_patch_sampling_trains_on_a_subset():
     assert (model(x)[0].view(14, -1).abs().sum(1) > 0).all()
 
 
-@pytest.fixture
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
-def test_linear_single_row_path_matches_plain(two_threads, monkeypatch):
-    """One input row, a weight of 2^17 numbers or more, 2 threads: bgpt.Linear takes its batched
-    path (counted through torch.bmm) and gives F.linear's outputs and gradients."""
-    calls = []
-    real_bmm = torch.bmm
-    monkeypatch.setattr(torch, "bmm", lambda *a: calls.append(1) or real_bmm(*a))
-    torch.manual_seed(0)
-    layer = bgpt.Linear(256, 512)  # 131,072 = 2^17 weights
-    for shape in [(256,), (1, 256), (1, 1, 256)]:
-        x = torch.randn(shape, requires_grad=True)
-        y = layer(x)
-        ref = F.linear(x, layer.weight, layer.bias)
-        assert y.shape == ref.shape
-        torch.testing.assert_close(y, ref, rtol=1e-5, atol=1e-5)
-        (gx,) = torch.autograd.grad(y.sum(), x)
-        (gref,) = torch.autograd.grad(ref.sum(), x)
-        torch.testing.assert_close(gx, gref, rtol=1e-5, atol=1e-5)
-    assert len(calls) == 3
-    layer(torch.randn(2, 256))  # two rows: the plain path
-    bgpt.Linear(128, 512)(torch.randn(1, 128))  # 2^16 weights: the plain path
-    assert len(calls) == 3
-
-
-def test_generation_same_with_one_and_two_threads(two_threads):
-    """At hidden 256 cached generation runs the blocks' big weights through the batched path with
-    2 threads and through F.linear with 1: the same greedy bytes."""
-    torch.manual_seed(0)
-    model = BGPT(BGPTConfig(patch_size=4, max_patches=16, hidden_size=256, patch_layers=1, byte_layers=1,
-                            n_heads=4, dropout=0.0)).eval()
-    prompt = random_ids(1, 2, 4)
-    two = model.generate(prompt, 40, top_k=1)
-    torch.set_num_threads(1)
-    one = model.generate(prompt, 40, top_k=1)
-    assert torch.equal(one, two)
-
-
 def _loss_grads_and_saved_bytes(checkpoint):
     """One training forward and backward with dropout on: the loss, every gradient, and the bytes
     of the tensors autograd kept for the backward pass."""
@@ -160,7 +117,7 @@ def _loss_grads_and_saved_bytes(checkpoint):
 def test_activation_checkpointing_same_gradients_less_memory():
     loss, grads, saved = _loss_grads_and_saved_bytes(checkpoint=False)
     loss_c, grads_c, saved_c = _loss_grads_and_saved_bytes(checkpoint=True)
-    assert torch.equal(loss, loss_c)  # same dropout masks: the RNG state is restored for the recompute
+    assert torch.equal(loss, loss_c)  # same dropout masks: the recompute restores the RNG state
     for g, gc in zip(grads, grads_c):
         torch.testing.assert_close(gc, g, rtol=1e-5, atol=1e-6)
     assert saved_c < saved / 2  # only each block's input is kept
@@ -173,15 +130,54 @@ def test_attention_cores_agree(cached):
     x = random_ids(3, 8, 4)
     if not cached:
         diff = (fused(x)[0] - manual(x)[0]).abs().max()
-    else:  # feed 3 patches, then 1, then 4 through the patch decoder's KV cache
-        outs = []
+    else:  # 3 patches, then 1, then 4 through the patch decoder's KV caches: the three mask cases
+        patches, outs = x.view(3, 8, 4), []  # L == S == 3; L == 1 < S == 4; 1 < L == 4 < S == 8
         for model in (fused, manual):
             caches = model.patch_decoder.transformer.new_caches()
-            patches = x.view(3, 8, 4)
-            outs.append(torch.cat([model.patch_decoder(patches[:, a:b], caches) for a, b in [(0, 3), (3, 4), (4, 8)]], 1))
+            parts = [model.patch_decoder(patches[:, a:b], caches)
+                     for a, b in [(0, 3), (3, 4), (4, 8)]]
+            outs.append(torch.cat(parts, 1))  # (3, 8, C)
         diff = (outs[0] - outs[1]).abs().max()
-        assert torch.allclose(outs[0], fused.patch_decoder(x.view(3, 8, 4)), atol=1e-5)
+        assert torch.allclose(outs[0], fused.patch_decoder(patches), atol=1e-5)  # = one pass
     assert diff < 1e-5
+
+
+def never_end(model):
+    """Make EOP's logit -100 whatever the input: the byte decoder's output is ln_f(x) @ embed.T, so
+    pin ln_f's coordinate 0 to 10 and give EOP's row -10 there and 0 elsewhere."""
+    bd = model.byte_decoder
+    with torch.no_grad():
+        bd.transformer.ln_f.weight[0], bd.transformer.ln_f.bias[0] = 0.0, 10.0
+        bd.embed.weight[EOP] = 0.0
+        bd.embed.weight[EOP, 0] = -10.0
+    return model
+
+
+def generate_uncached(model, x, n, temperature=1.0, top_k=None, top_p=None, generator=None):
+    """The oracle for generate(): the released code's way, no KV caches, only forward() calls of
+    the two decoders. Every new patch re-runs the patch decoder over all whole patches so far;
+    every new byte re-runs the byte decoder over the feature and the bytes of its patch so far."""
+    P = model.config.patch_size
+    seq, done = x, torch.zeros(len(x), dtype=torch.bool)
+    with torch.no_grad():
+        for i in range(min(n, model.config.max_patches * P - x.size(1))):
+            B, n_full = seq.size(0), seq.size(1) // P
+            if i == 0 or seq.size(1) % P == 0:  # a patch starts: its feature
+                feature = model.patch_decoder(seq[:, :n_full * P].view(B, n_full, P))[:, -1]
+            logits = model.byte_decoder(feature, seq[:, n_full * P:])[:, -1]  # (B, V)
+            nxt = sample(logits, temperature, top_k, top_p, generator).masked_fill(done, EOP)
+            seq, done = torch.cat([seq, nxt[:, None]], 1), done | (nxt == EOP)
+            if done.all():
+                break
+    return seq[:, x.size(1):]
+
+
+def check_length(new, n):
+    """generate()'s contract: n new ids per row, fewer only when every row has ended, and then
+    it stopped at the id where the last row ended."""
+    if new.size(1) != n:
+        ended = (new == EOP).any(1)
+        assert new.size(1) < n and ended.all() and not (new[:, :-1] == EOP).any(1).all()
 
 
 @pytest.mark.parametrize("prompt_len", [4, 6, 8, 11])
@@ -191,10 +187,11 @@ def test_greedy_generation_equals_repeated_argmax(prompt_len):
     x = random_ids(2, 8, 4, seed=prompt_len)[:, :prompt_len]
     x[x == EOP] = 7  # no early end inside the prompt
     new = model.generate(x, 14, top_k=1)
+    check_length(new, 14)
     seq = x
     for _ in range(new.size(1)):
         T = seq.size(1)
-        padded = F.pad(seq, (0, -T % 4 + (4 if T % 4 == 0 else 0)), value=EOP)  # room for the next id
+        padded = F.pad(seq, (0, 4 - T % 4), value=EOP)  # room for the next id in the last patch
         logits, _ = model(padded)
         nxt = logits[:, T - 4].argmax(-1)
         seq = torch.cat([seq, nxt[:, None]], 1)
@@ -204,39 +201,81 @@ def test_greedy_generation_equals_repeated_argmax(prompt_len):
         e = expected[row].tolist()
         if EOP in e:
             e = e[:e.index(EOP) + 1] + [EOP] * (len(e) - e.index(EOP) - 1)
-        assert new[row].tolist() == e[:new.size(1)]
+        assert new[row].tolist() == e
 
 
-@pytest.mark.parametrize("kw", [dict(top_k=1), dict(temperature=1.0), dict(temperature=0.8, top_k=20, top_p=0.9)])
-def test_cached_generation_equals_uncached(kw):
-    model = tiny()
-    x = random_ids(3, 2, 4)[:, :5]
+@pytest.mark.parametrize("kw", [dict(top_k=1), dict(temperature=1.0),
+                                dict(temperature=0.8, top_k=20, top_p=0.9)])
+@pytest.mark.parametrize("prompt_len", [4, 5, 11])
+def test_cached_generation_equals_uncached_oracle(kw, prompt_len):
+    """Greedy and seeded sampling: the KV-cached generate() gives the oracle's ids, across patch
+    boundaries (P = 4, 27 new ids) and from prompts that end inside a patch or on its border."""
+    model = tiny(max_patches=16)  # room for 11 + 27 ids
+    x = random_ids(3, 3, 4)[:, :prompt_len]
     x[x == EOP] = 0
     a = model.generate(x, 27, generator=torch.Generator().manual_seed(3), **kw)
-    b = model.generate(x, 27, use_cache=False, generator=torch.Generator().manual_seed(3), **kw)
+    b = generate_uncached(model, x, 27, generator=torch.Generator().manual_seed(3), **kw)
     assert torch.equal(a, b)
+    check_length(a, 27)
+    never_end(model)  # no row can end: exactly the 27 ids asked for, still the oracle's
+    a = model.generate(x, 27, generator=torch.Generator().manual_seed(4), **kw)
+    b = generate_uncached(model, x, 27, generator=torch.Generator().manual_seed(4), **kw)
+    assert a.shape == (3, 27) and torch.equal(a, b)
 
 
 def test_generation_stops_at_eop_and_context():
     model = tiny()
     with torch.no_grad():  # make EOP overwhelmingly likely: generation stops after one id
-        model.byte_decoder.embed.weight[EOP] += 50 * model.byte_decoder.transformer.ln_f.bias.new_ones(32)
+        model.byte_decoder.embed.weight[EOP] += 50
         model.byte_decoder.transformer.ln_f.bias.copy_(torch.ones(32))
         model.byte_decoder.transformer.ln_f.weight.zero_()
     out = model.generate(torch.zeros(2, 4, dtype=torch.long), 10)
     assert out.tolist() == [[EOP], [EOP]]
-    model = tiny()  # the context holds 8 patches = 32 ids: a 30-id prompt leaves room for 2
-    assert model.generate(torch.zeros(1, 30, dtype=torch.long), 10, top_k=1).shape[1] <= 2
+    # The context holds 8 patches = 32 ids: a 30-id prompt leaves room for exactly 2.
+    model = never_end(tiny())
+    assert model.generate(torch.zeros(1, 30, dtype=torch.long), 10, top_k=1).shape == (1, 2)
+    assert model.generate(torch.zeros(1, 32, dtype=torch.long), 10).shape == (1, 0)
 
 
-def test_sample_top_k_and_top_p():
-    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(2000, 1)
+def test_sample_draws_from_the_filtered_distribution():
+    logits = torch.tensor([[3.0, 2.0, 1.0, 0.0, -1.0]]).repeat(20000, 1)
     g = torch.Generator().manual_seed(0)
-    assert set(sample(logits, top_k=2, generator=g).tolist()) == {0, 1}
-    p = logits[0].softmax(-1)  # 0.64, 0.23, 0.09, ...: top_p 0.8 keeps exactly ids 0 and 1
-    assert p[0] < 0.8 < p[0] + p[1]
-    assert set(sample(logits, top_p=0.8, generator=g).tolist()) == {0, 1}
-    assert sample(logits[:1], temperature=0).item() == 0
+
+    def freq(ids):
+        return torch.bincount(ids, minlength=5).float() / len(ids)
+
+    p = logits[0].softmax(-1)  # 0.64, 0.23, 0.09, 0.03, 0.01
+    assert (freq(sample(logits, generator=g)) - p).abs().max() < 0.015
+    cooled = (logits[0] / 0.5).softmax(-1)
+    assert (freq(sample(logits, temperature=0.5, generator=g)) - cooled).abs().max() < 0.015
+    top2 = torch.tensor([p[0], p[1], 0, 0, 0]) / (p[0] + p[1])  # top_k 2: ids 0, 1, renormalised
+    assert (freq(sample(logits, top_k=2, generator=g)) - top2).abs().max() < 0.015
+    assert p[0] < 0.8 < p[0] + p[1]  # so top_p 0.8 keeps exactly ids 0 and 1
+    assert (freq(sample(logits, top_p=0.8, generator=g)) - top2).abs().max() < 0.015
+    assert sample(logits[:1], temperature=0).item() == sample(logits[:1], top_k=1).item() == 0
+    a = sample(logits[:50], generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a, sample(logits[:50], generator=torch.Generator().manual_seed(5)))
+
+
+def test_init_scales_residual_projections_by_each_decoders_own_depth():
+    """GPT-2's 0.02 / sqrt(2 * layers) on attn.proj and mlp.proj, with the layers of the decoder
+    the projection belongs to (the release builds two GPT-2 models): 8 patch layers -> 0.005,
+    2 byte layers -> 0.01. Counting both decoders' 10 layers would give 0.0045 for both."""
+    torch.manual_seed(0)
+    cfg = BGPTConfig(patch_size=4, max_patches=8, hidden_size=64, patch_layers=8, byte_layers=2,
+                     n_heads=4)
+
+    def std(module, suffix):
+        return torch.cat([p.flatten() for n, p in module.named_parameters()
+                          if n.endswith(suffix)]).std()
+
+    model = BGPT(cfg)
+    clf = BGPTClassifier(cfg, n_classes=3)
+    for decoder, layers in [(model.patch_decoder, 8), (model.byte_decoder, 2),
+                            (clf.patch_decoder, 8)]:
+        assert abs(std(decoder, "proj.weight") / (0.02 / math.sqrt(2 * layers)) - 1) < 0.03
+        assert abs(std(decoder, "qkv.weight") / 0.02 - 1) < 0.03
+        assert all((p == 0).all() for n, p in decoder.named_parameters() if n.endswith("bias"))
 
 
 def test_paper_config_parameter_count():
@@ -275,20 +314,24 @@ def official_state_dict(C=32, P=4, N=8, patch_layers=2, byte_layers=2, seed=0):
     r = lambda *shape: torch.randn(*shape, generator=g) * 0.1  # noqa: E731
     sd = {"patch_level_decoder.patch_embedding.weight": r(C, P * VOCAB_SIZE),
           "patch_level_decoder.patch_embedding.bias": r(C),
-          "patch_level_decoder.base.wte.weight": r(1, C), "patch_level_decoder.base.wpe.weight": r(N, C),
+          "patch_level_decoder.base.wte.weight": r(1, C),
+          "patch_level_decoder.base.wpe.weight": r(N, C),
           "byte_level_decoder.base.transformer.wte.weight": r(VOCAB_SIZE, C),
           "byte_level_decoder.base.transformer.wpe.weight": r(P + 1, C)}
-    for prefix, n in [("patch_level_decoder.base.", patch_layers), ("byte_level_decoder.base.transformer.", byte_layers)]:
+    for prefix, n in [("patch_level_decoder.base.", patch_layers),
+                      ("byte_level_decoder.base.transformer.", byte_layers)]:
         for i in range(n):
             h = f"{prefix}h.{i}."
             for ln in ("ln_1", "ln_2"):
                 sd[h + ln + ".weight"], sd[h + ln + ".bias"] = 1 + r(C), r(C)
-            for name, shape in [("attn.c_attn", (C, 3 * C)), ("attn.c_proj", (C, C)), ("mlp.c_fc", (C, 4 * C)), ("mlp.c_proj", (4 * C, C))]:
+            for name, shape in [("attn.c_attn", (C, 3 * C)), ("attn.c_proj", (C, C)),
+                                ("mlp.c_fc", (C, 4 * C)), ("mlp.c_proj", (4 * C, C))]:
                 sd[h + name + ".weight"], sd[h + name + ".bias"] = r(*shape), r(shape[1])
             sd[h + "attn.bias"] = torch.ones(1, 1, 64, 64).tril()  # old HF causal-mask buffers
             sd[h + "attn.masked_bias"] = torch.tensor(-1e4)
         sd[prefix + "ln_f.weight"], sd[prefix + "ln_f.bias"] = 1 + r(C), r(C)
-    sd["byte_level_decoder.base.lm_head.weight"] = sd["byte_level_decoder.base.transformer.wte.weight"]
+    wte = sd["byte_level_decoder.base.transformer.wte.weight"]
+    sd["byte_level_decoder.base.lm_head.weight"] = wte
     return sd
 
 
@@ -307,18 +350,21 @@ def reference_gpt2(sd, prefix, h, n_layers, n_heads):
         y = (w @ heads(v)).transpose(1, 2).reshape(B, T, C)
         h = h + conv1d(y, p + "attn.c_proj")
         m = conv1d(ln(h, p + "ln_2"), p + "mlp.c_fc")
-        h = h + conv1d(0.5 * m * (1 + torch.tanh(math.sqrt(2 / math.pi) * (m + 0.044715 * m ** 3))), p + "mlp.c_proj")
+        gelu = 0.5 * m * (1 + torch.tanh(math.sqrt(2 / math.pi) * (m + 0.044715 * m ** 3)))
+        h = h + conv1d(gelu, p + "mlp.c_proj")
     return ln(h, prefix + "ln_f")
 
 
 def reference_logits(sd, x, P, patch_layers, byte_layers, n_heads):
     B, N = x.shape[0], x.shape[1] // P
     onehot = F.one_hot(x.view(B, N, P), VOCAB_SIZE).float().view(B, N, P * VOCAB_SIZE)
-    emb = onehot @ sd["patch_level_decoder.patch_embedding.weight"].T + sd["patch_level_decoder.patch_embedding.bias"]
+    emb = (onehot @ sd["patch_level_decoder.patch_embedding.weight"].T
+           + sd["patch_level_decoder.patch_embedding.bias"])
     feats = reference_gpt2(sd, "patch_level_decoder.base.", emb, patch_layers, n_heads)
     wte = sd["byte_level_decoder.base.transformer.wte.weight"]
     targets = x.view(B, N, P)[:, 1:]
-    inputs = torch.cat([feats[:, :-1, None], wte[targets]], 2).view(B * (N - 1), P + 1, -1)  # 17 positions
+    inputs = torch.cat([feats[:, :-1, None], wte[targets]], 2)  # [f_i, b0..b15]: P + 1 positions
+    inputs = inputs.view(B * (N - 1), P + 1, -1)
     h = reference_gpt2(sd, "byte_level_decoder.base.transformer.", inputs, byte_layers, n_heads)
     logits = h @ sd["byte_level_decoder.base.lm_head.weight"].T
     return logits[:, :P].reshape(B, (N - 1) * P, VOCAB_SIZE)  # position 16 predicts nothing
@@ -329,11 +375,16 @@ def test_from_official_matches_released_architecture():
     sd = official_state_dict(C=C, P=4, N=8, patch_layers=2, byte_layers=3)
     model = BGPT.from_official({"model": sd}).eval()
     cfg = model.config
-    assert (cfg.patch_size, cfg.max_patches, cfg.hidden_size, cfg.patch_layers, cfg.byte_layers, cfg.n_heads) == (4, 8, C, 2, 3, 2)
+    assert (cfg.patch_size, cfg.max_patches, cfg.hidden_size) == (4, 8, C)
+    assert (cfg.patch_layers, cfg.byte_layers, cfg.n_heads) == (2, 3, 2)
     x = random_ids(2, 8, 4)
     ours, _ = model(x)
     expected = reference_logits(sd, x, 4, 2, 3, 2)
     assert (ours - expected).abs().max() < 1e-4 * expected.abs().max()
+    # The weights it loaded are the converted state dict, every tensor and nothing else.
+    converted, state = bgpt.convert_official(sd, cfg), model.state_dict()
+    assert state.keys() == converted.keys()
+    assert all(torch.equal(state[k], converted[k]) for k in state)
 
 
 def test_from_official_rejects_wrong_layout():
