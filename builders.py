@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-import data
 from data import label_of  # the class of a file: its name before the first "_"
 
 DEFAULT_ROOT = "data"
@@ -434,55 +433,71 @@ def build_abc_midi(root=DEFAULT_ROOT, seed=0, limit=None, max_bytes=2048,
     return _write_dataset(root, "abc-midi", splits, None, rng)
 
 
-# --- 7. Compressor baselines: bits per byte a general or a format-specific codec reaches -------
-# Each file is compressed on its own into the codec's real file format (container headers count,
-# which hurts small files, as bGPT's header and end patches count against it), and the result is
-# total compressed bits / total original bytes: directly comparable to a model's bits per byte.
+# --- 7. Format codecs: what PNG and FLAC need for the same files -------------------------------
+# Shown beside data.py's general-purpose baselines (data.baselines). Each file is coded on its
+# own into the codec's real file format: PNG's signature and chunks (57 bytes) and FLAC's
+# STREAMINFO and vendor comment count, as the BMP and WAV headers count in what the model reads.
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_GREY, PNG_RGB = 0, 2  # IHDR colour types
+PNG_FILTERS = 5  # none, sub, up, average, Paeth
 
 
 def png_bytes(rgb):
-    """(H, W, 3) uint8 RGB -> a PNG file: each row gets the filter (none, sub, up, average, Paeth)
-    whose output has the smallest sum of |signed bytes| (the PNG spec's heuristic), then zlib -9."""
+    """(H, W, 3) uint8 RGB -> the smallest PNG file we can write, as an optimiser such as optipng
+    would: greyscale (1 byte per pixel) when R = G = B everywhere, else RGB; the image deflated at
+    zlib -9 with each of six row-filter choices (one filter for every row, for each of the five,
+    or per row the filter with the smallest sum of |signed bytes|, the PNG spec's heuristic) and
+    two zlib strategies, keeping the smallest."""
     h, w, _ = rgb.shape
-    rows = rgb.reshape(h, w * 3).astype(np.int16)
-    left = np.pad(rows, ((0, 0), (3, 0)))[:, :-3]  # same channel, one pixel left (0 off the edge)
+    grey = bool((rgb == rgb[..., :1]).all())
+    c = 1 if grey else 3  # bytes per pixel: the filters' "left" is one pixel back
+    rows = rgb[..., :c].reshape(h, w * c).astype(np.int16)  # (h, w * c)
+    left = np.pad(rows, ((0, 0), (c, 0)))[:, :-c]  # same channel, one pixel left (0 off the edge)
     up = np.pad(rows, ((1, 0), (0, 0)))[:-1]
-    up_left = np.pad(up, ((0, 0), (3, 0)))[:, :-3]
+    up_left = np.pad(up, ((0, 0), (c, 0)))[:, :-c]
     p = left + up - up_left
     pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - up_left)
     paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, up_left))
-    filtered = np.stack([rows, rows - left, rows - up, rows - (left + up) // 2, rows - paeth]) % 256
-    best = np.abs(np.where(filtered >= 128, filtered - 256, filtered)).sum(-1).argmin(0)  # (h,)
-    raw = b"".join(bytes([f]) + filtered[f, i].astype(np.uint8).tobytes()
-                   for i, f in enumerate(best))  # each row starts with its filter's number
+    average = (left + up) // 2
+    filtered = np.stack([rows, rows - left, rows - up, rows - average, rows - paeth]) % 256
+    signed = np.where(filtered >= 128, filtered - 256, filtered)  # (5, h, w * c)
+    choices = [np.full(h, f) for f in range(PNG_FILTERS)] + [np.abs(signed).sum(-1).argmin(0)]
+    idat = None
+    for choice in choices:
+        raw = b"".join(bytes([f]) + filtered[f, i].astype(np.uint8).tobytes()
+                       for i, f in enumerate(choice))  # each row starts with its filter's number
+        for strategy in (zlib.Z_DEFAULT_STRATEGY, zlib.Z_FILTERED):
+            z = zlib.compressobj(9, zlib.DEFLATED, 15, 9, strategy)
+            out = z.compress(raw) + z.flush()
+            idat = out if idat is None or len(out) < len(idat) else idat
 
     def chunk(kind, data):
         crc = zlib.crc32(kind + data)
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8 bits per channel, colour type 2 = RGB
-    return (PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(raw, 9))
-            + chunk(b"IEND", b""))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, PNG_GREY if grey else PNG_RGB, 0, 0, 0)  # 8-bit
+    return PNG_SIGNATURE + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def _flac(wav):
+    # flac -8 (--best); no padding block or seek table, which only serve later tag edits and seeks
     return subprocess.run(["flac", "--best", "--silent", "--no-padding", "--no-seektable",
                            "--stdout", "-"], input=wav, capture_output=True, check=True).stdout
 
 
-# The format codecs beside data.py's general-purpose compressors (gzip -9, bzip2 -9, xz -9).
-COMPRESSORS = {**data.COMPRESSORS,
-               "png": lambda content: png_bytes(read_bmp(content)),  # BMP files only
-               "flac": _flac}  # WAV files only, needs the flac command
+FORMAT_CODECS = {"png": lambda content: png_bytes(read_bmp(content)),  # BMP files only
+                 "flac": _flac}  # WAV files only, needs the flac command
 
 
-def compressed_bits_per_byte(items, method="gzip"):
-    """Total compressed bits / total original bytes over files (paths or bytes), each compressed
-    on its own. Returns None (with a warning) for "flac" when the flac command is missing."""
+def compressed_bits_per_byte(items, method):
+    """What a format's own codec ("png" for BMP files, "flac" for WAV files) needs for files
+    (paths or bytes), each coded on its own: total bits / total original bytes. Returns None
+    (with a warning) for "flac" when the flac command is missing."""
     if method == "flac" and shutil.which("flac") is None:
         warnings.warn("flac not found (apt-get install flac): FLAC baseline skipped", stacklevel=2)
         return None
-    return data.compressed_bits_per_byte(items, method, COMPRESSORS)
+    blobs = [Path(i).read_bytes() if isinstance(i, (str, Path)) else bytes(i) for i in items]
+    coded = sum(len(FORMAT_CODECS[method](b)) for b in blobs)
+    return 8 * coded / max(sum(len(b) for b in blobs), 1)
 
 
 # --- command line ------------------------------------------------------------------------------

@@ -8,28 +8,34 @@ A file of n bytes with extension "txt" becomes, with P = 16:
     [EOP EOP ... EOP]                  end patch
 
 EOP = 256 never occurs inside content, so decoding drops the header and stops at the first EOP.
-This module also holds the datasets for the three uses of the paper (generation, conversion,
-classification), the collate function, the CPU-state machine and the default dataset (this
-Python's own standard library).
+In order, this file holds: encoding and decoding (encode, decode, header_ext, file_ext); cropping
+a long file to the context (crop); the datasets for the paper's three uses (generation,
+conversion, classification) and their collate function; the baselines a model's bits per byte
+is compared with (classic codecs, each file alone, and codecs primed with the training split);
+the default dataset (this Python's own standard
+library); and the command line:
 
-    python data.py cpu --out data/cpu --count 1000     # write random CPU traces (see cpu.py)
+    python data.py cpu --out data/cpu --count 1000     # write random CPU traces (cpu.py's machine)
     python data.py show FILE                            # print a file's patches
 """
 
 import argparse
 import bz2
-import gzip
 import hashlib
 import lzma
 import os
 import random
 import sys
 import sysconfig
+import zlib
 from pathlib import Path
 
+import brotli
+import pyppmd
 import torch
+import zstandard
 
-EOP = 256  # end-of-patch id (the same constant as bgpt.EOP; data.py does not import the model)
+from bgpt import EOP  # 256: the end-of-patch id, defined once beside the model that reads it
 
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +44,8 @@ EOP = 256  # end-of-patch id (the same constant as bgpt.EOP; data.py does not im
 
 def encode(content: bytes, ext: str, patch_size=16) -> list:
     """Bytes and extension -> ids in the released format (header, content, end patch)."""
-    header = list(ext.encode("utf-8")[:patch_size])
+    # A name that is not valid UTF-8 keeps its raw bytes (Python stores them as surrogates).
+    header = list(ext.encode("utf-8", "surrogateescape")[:patch_size])
     header += [EOP] * (patch_size - len(header))
     body = list(content)
     body += [EOP] * (-len(body) % patch_size)  # pad the last content patch
@@ -89,15 +96,32 @@ def crop(ids, max_patches, patch_size=16, mode="head", rng=random):
 
 
 def list_files(root, exts=None):
-    """Every file under root (sorted, hidden files skipped), optionally only these extensions."""
+    """Every file under root (sorted, hidden files skipped, symbolic links followed), optionally
+    only these extensions. Raises FileNotFoundError or ValueError with a one-line reason for a
+    folder that is missing or empty, a link that leads nowhere or in a loop, an unreadable file."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder {root} does not exist")
-    files = [p for p in sorted(root.rglob("*")) if p.is_file() and not p.name.startswith(".")
-             and (exts is None or file_ext(p) in exts)]
+    files, seen = [], set()
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:  # a folder reached twice: a link points back up the tree
+            raise ValueError(f"data folder {root}: symbolic-link loop at {folder}")
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in sorted(names):
+            path = Path(folder, name)
+            if name.startswith(".") or (exts is not None and file_ext(path) not in exts):
+                continue
+            if not path.is_file():  # a link to nothing, or links that point at each other
+                raise ValueError(f"data folder {root}: {path} is not a regular file (a broken or looping link?)")
+            if not os.access(path, os.R_OK):
+                raise ValueError(f"data folder {root}: cannot read {path} (permission denied)")
+            files.append(path)
     if not files:
-        raise FileNotFoundError(f"data folder {root} holds no files" + (f" with extension {sorted(exts)}" if exts else ""))
-    return files
+        which = f" with extension {sorted(exts)}" if exts else ""
+        raise FileNotFoundError(f"data folder {root} holds no files{which}")
+    return sorted(files)
 
 
 def parse_convert(spec):
@@ -173,28 +197,164 @@ def collate(batch, patch_size=16):
     return x, mask, torch.tensor([label for _, label in batch])
 
 
+# ---------------------------------------------------------------------------------------------
+# Baselines: what compressors need for exactly the bytes the model is scored on
+#
+# Every figure is 8 * total coded bytes / total content bytes over the held-out contents, each
+# file coded on its own, as the model codes each file: the unit of the model's content bits per
+# byte. Container bytes (magic numbers, checksums, stored lengths) are left out wherever the
+# format allows, as the model's figure holds none. Two families:
+#   classic: deflate, LZMA2, bzip2, brotli, zstd; they know nothing but the file itself;
+#   learned: PPMd and zstd, primed with the training split, which the model learned from too.
+
 LZMA_MIN_DICT_BYTES = 4096  # the smallest dictionary liblzma accepts
+BZIP2_CONTAINER_BYTES = 4 + 10  # "BZh9" header; end-of-stream magic (48 bits) and CRC (32 bits)
+BZIP2_BLOCK_BYTES = 6 + 4  # a block's magic (48 bits) and CRC (32 bits)
+ZSTD_MAGIC_BYTES = 4  # the frame's magic number, which zstd's magicless format drops
+ZSTD_LEVEL = 19  # zstd's strongest level without --ultra (whose bigger windows ours never fill)
 
 
-def _xz(content):
-    # `xz -9` settings, with a dictionary no bigger than the file: the same output, ~90x faster on
-    # small files, which would otherwise each allocate the full 64 MiB dictionary.
-    lzma2 = {"id": lzma.FILTER_LZMA2, "preset": 9, "dict_size": max(LZMA_MIN_DICT_BYTES, len(content))}
-    return lzma.compress(content, filters=[lzma2])
+def _deflate(content):
+    # raw deflate (zlib -9, the most hash memory), no gzip/zlib header or trailer: 18 bytes fewer
+    # than gzip -9 on every file
+    z = zlib.compressobj(9, zlib.DEFLATED, -15, 9)
+    return len(z.compress(content) + z.flush())
 
 
-COMPRESSORS = {
-    "gzip": lambda content: gzip.compress(content, compresslevel=9, mtime=0),  # gzip -9
-    "bz2": lambda content: bz2.compress(content, compresslevel=9),  # bzip2 -9
-    "lzma": _xz,  # xz -9
+def _lzma2(content):
+    # raw LZMA2 (no .xz container, index or check) with `xz -9e` settings and a dictionary no
+    # bigger than the file: the same output, far faster than allocating 64 MiB per small file
+    lzma2 = {"id": lzma.FILTER_LZMA2, "preset": 9 | lzma.PRESET_EXTREME,
+             "dict_size": max(LZMA_MIN_DICT_BYTES, len(content))}
+    return len(lzma.compress(content, format=lzma.FORMAT_RAW, filters=[lzma2]))
+
+
+def _bzip2(content):
+    # bzip2 -9 less its container bytes; a file under 720 KB fits one block even after bzip2's
+    # run-length pre-pass, so a longer one is charged 10 bytes per extra block
+    blocks = 1 if content else 0
+    return len(bz2.compress(content, 9)) - BZIP2_CONTAINER_BYTES - blocks * BZIP2_BLOCK_BYTES
+
+
+def _zstd(content, dictionary=None):
+    # zstd -19 without content size, checksum, dictionary id or magic number
+    z = zstandard.ZstdCompressor(level=ZSTD_LEVEL, dict_data=dictionary, write_content_size=False,
+                                 write_checksum=False, write_dict_id=False)
+    return len(z.compress(content)) - ZSTD_MAGIC_BYTES
+
+
+CLASSIC = {  # name: content -> coded bytes
+    "deflate": _deflate,  # gzip -9 without the gzip container
+    "lzma2": _lzma2,  # xz -9e without the xz container
+    "bzip2": _bzip2,  # bzip2 -9
+    "brotli": lambda content: len(brotli.compress(content, quality=11)),  # brotli -q 11
+    "zstd": _zstd,  # zstd -19
 }
 
 
-def compressed_bits_per_byte(items, method="gzip", compressors=COMPRESSORS):
-    """What a general-purpose compressor needs for the same bytes: each file (a path or bytes)
-    compressed on its own, as a model codes each file on its own; total bits / total bytes."""
-    blobs = [Path(i).read_bytes() if isinstance(i, (str, Path)) else bytes(i) for i in items]
-    return 8 * sum(len(compressors[method](b)) for b in blobs) / max(sum(len(b) for b in blobs), 1)
+def _bits_per_byte(sizes, contents):
+    return 8 * sum(sizes) / max(sum(len(c) for c in contents), 1)
+
+
+def classic_bits_per_byte(contents):
+    """{name: bits per byte} of every classic codec on contents (a list of bytes), each alone."""
+    return {name: _bits_per_byte([code(c) for c in contents], contents)
+            for name, code in CLASSIC.items()}
+
+
+# PPMd (var. H, the model of 7-Zip's .7z PPMd) predicts each byte from the longest context it has
+# seen before, up to `order` bytes, and codes it with a range coder; primed with the training
+# split it is a strong learned baseline: a byte model fitted in one pass, with no neural network.
+# Settings chosen on a validation set (every 20th training file of the stdlib, its first 2032
+# bytes, primed with the other 95%: 28 MB): bits per byte by order 4: 1.90, 6: 1.58, 8: 1.41,
+# 12: 1.27, 16: 1.22, 24: 1.20, 32: 1.188, 64: 1.187. Long orders pay because source files share
+# long runs of text (licences, near-identical modules); past 32 they gain 0.001 for 1.7x memory.
+PPMD_ORDER = 32
+PPMD_MEM_PER_BYTE = 64  # model memory per priming byte: order 32 on the stdlib needs ~45
+PPMD_MAX_MEM = 0xFFFFFFFF - 12 * 3  # the largest model Ppmd7 can address (~4 GiB)
+
+
+def _ppmd_bytes(data, order, mem):
+    encoder = pyppmd.Ppmd7Encoder(order, mem)
+    return len(encoder.encode(data)) + len(encoder.flush(endmark=False))  # the length is known
+
+
+def ppmd_primed_bytes(prime, contents, order=PPMD_ORDER, mem=None):
+    """Coded bytes of each content when PPMd has first coded `prime` (and not the other contents):
+    code length(prime + content) - code length(prime), exactly, with one pass over prime.
+
+    The encoder cannot be copied, and coding prime again per file would cost n_files passes over
+    it; instead a forked child codes each content from a copy-on-write snapshot of the primed
+    model, which costs a few page copies and leaves the parent's model as it was. PPMd restarts
+    from an empty model when its memory fills, which would throw the priming away: mem defaults
+    to PPMD_MEM_PER_BYTE per priming byte. Of it, only the part the model uses becomes resident."""
+    mem = mem or min(PPMD_MAX_MEM, PPMD_MEM_PER_BYTE * len(prime) + (16 << 20))
+    if not hasattr(os, "fork"):  # Windows: the definition itself, n_files times slower
+        alone = _ppmd_bytes(prime, order, mem)
+        return [_ppmd_bytes(prime + c, order, mem) - alone for c in contents]
+    encoder = pyppmd.Ppmd7Encoder(order, mem)
+    encoder.encode(prime)
+    sizes = []
+    for content in contents:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: code the content after prime, send the bytes it took, never return
+            try:
+                n = len(encoder.encode(content)) + len(encoder.flush(endmark=False))
+                os.write(write, n.to_bytes(8, "little"))
+            finally:
+                os._exit(0)
+        os.close(write)
+        with os.fdopen(read, "rb") as pipe:
+            reply = pipe.read()
+        os.waitpid(pid, 0)
+        if len(reply) != 8:
+            raise RuntimeError("PPMd: the child process coding a file failed (out of memory?)")
+        sizes.append(int.from_bytes(reply, "little"))
+    ending = len(encoder.flush(endmark=False))  # what ending the stream right after prime costs
+    return [n - ending for n in sizes]
+
+
+# zstd -19 with a dictionary trained on the training split (zstd's COVER trainer), each held-out
+# file compressed alone with it. Chosen on the same validation set: samples cut like the held-out
+# contents (the files' heads) beat whole files (1.93 vs 2.07 bits per byte at 256 KB, and train
+# ~10x faster); dictionary size 128 KB: 2.01, 256 KB: 1.93, 384 KB: 1.89, 512 KB: 1.95 (the
+# trainer gives up beyond ~1/8 of the samples' bytes).
+ZSTD_DICT_BYTES = 384 << 10
+
+
+def zstd_dictionary(train_contents, sample_bytes, dict_bytes=ZSTD_DICT_BYTES):
+    """A zstd dictionary trained on the first sample_bytes of each training content."""
+    samples = [c[:sample_bytes] for c in train_contents if c]
+    try:
+        return zstandard.train_dictionary(dict_bytes, samples, level=ZSTD_LEVEL)
+    except zstandard.ZstdError:  # too few samples to train on: their bytes become the dictionary
+        raw = b"".join(samples)[-dict_bytes:]
+        return zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+
+
+def learned_bits_per_byte(train_contents, contents, *, ppmd_order=PPMD_ORDER,
+                          zstd_dict_bytes=ZSTD_DICT_BYTES):
+    """{"ppmd": x, "zstd_dict": x}: bits per byte on contents of the two codecs primed with the
+    training contents (lists of bytes). PPMd is primed with the training contents in order, all of
+    them up to PPMD_MAX_MEM / PPMD_MEM_PER_BYTE = 64 MB (beyond that, the last 64 MB: more would
+    overflow its memory and restart the model); zstd's samples are the training contents cut to
+    the longest held-out content, as the held-out contents are each file's first bytes."""
+    prime = b"".join(train_contents)[-(PPMD_MAX_MEM // PPMD_MEM_PER_BYTE):]
+    longest = max(map(len, contents), default=1)
+    dictionary = zstd_dictionary(train_contents, longest, zstd_dict_bytes)
+    return {"ppmd": _bits_per_byte(ppmd_primed_bytes(prime, contents, ppmd_order), contents),
+            "zstd_dict": _bits_per_byte([_zstd(c, dictionary) for c in contents], contents)}
+
+
+def baselines(train_contents, contents):
+    """Every baseline on contents (the held-out bytes the model was scored on, a list of bytes),
+    the learned ones primed with train_contents, plus "best_classic" and "best_learned": the
+    smallest figure of each family."""
+    classic = classic_bits_per_byte(contents)
+    learned = learned_bits_per_byte(train_contents, contents)
+    return {**classic, "best_classic": min(classic.values()),
+            **learned, "best_learned": min(learned.values())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,21 +379,57 @@ def stdlib_files(eval_fraction=0.05):
 
 
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["cpu"]:
-        import cpu
-        return cpu.main(argv[1:])
-    parser = argparse.ArgumentParser(description="bGPT data tools. Commands: cpu (write CPU traces), show FILE")
-    parser.add_argument("command", choices=["show"], help="show: print a file's patches")
-    parser.add_argument("file", help="file to show")
-    parser.add_argument("--patch_size", type=int, default=16, help="bytes per patch")
+    import cpu  # numpy and tqdm, needed by this command only
+    from train import fail  # here, not at the top: train.py imports this file
+
+    parser = argparse.ArgumentParser(prog="data.py", description="bGPT data tools.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    c = commands.add_parser("cpu", help="write random CPU-state traces (the machine of cpu.py)")
+    c.add_argument("--out", required=True, help="output folder; gets train/ and test/ inside")
+    c.add_argument("--count", type=int, required=True, help="number of training traces")
+    c.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
+    c.add_argument("--test_count", type=int, default=None,
+                   help="number of held-out test traces (default: max(1, count // 10))")
+    c.add_argument("--memory_size", type=int, default=cpu.MEMORY_SIZE,
+                   help="memory bytes, a multiple of 4 up to 1024 (release: 1024)")
+    c.add_argument("--num_registers", type=int, default=cpu.NUM_REGISTERS,
+                   help="registers A.. (release: 10, making 16-byte states)")
+    c.add_argument("--min_program", type=int, default=cpu.MIN_PROGRAM,
+                   help="fewest random instructions per program, before the final HLT")
+    c.add_argument("--max_program", type=int, default=cpu.MAX_PROGRAM,
+                   help="most random instructions per program, at most memory_size/4 - 1")
+    show = commands.add_parser("show", help="print a file's patches")
+    show.add_argument("file", help="file to show")
+    show.add_argument("--patch_size", type=int, default=16, help="bytes per patch")
+    for p in (parser, c, show):
+        p.error = fail  # a bad flag gets one line and exit code 2, without the usage block
     args = parser.parse_args(argv)
+
+    if args.command == "cpu":
+        if args.count < 1:
+            fail(f"--count must be at least 1, not {args.count}")
+        if args.test_count is not None and args.test_count < 0:
+            fail(f"--test_count must be at least 0, not {args.test_count}")
+        error = cpu.size_error(args.memory_size, args.num_registers, args.min_program,
+                               args.max_program)
+        if error:
+            fail(error)
+        if os.path.exists(args.out) and not os.path.isdir(args.out):
+            fail(f"--out: {args.out} is a file, not a folder")
+        train_paths, test_paths = cpu.write_cpu_dataset(
+            args.out, args.count, args.seed, args.test_count, args.memory_size,
+            args.num_registers, args.min_program, args.max_program)
+        print(f"wrote {len(train_paths)} train and {len(test_paths)} test traces to {args.out}")
+        return 0
+
+    P = args.patch_size
+    if P < 1:
+        fail(f"--patch_size must be at least 1, not {P}")
     if not os.path.isfile(args.file):
-        parser.error(f"no such file: {args.file}")
-    ids = encode(Path(args.file).read_bytes(), file_ext(args.file), args.patch_size)
-    for n in range(0, len(ids), args.patch_size):
-        patch = ids[n:n + args.patch_size]
-        print(f"{n // args.patch_size:5d}  " + " ".join("EOP" if i == EOP else f"{i:3d}" for i in patch))
+        fail(f"no such file: {args.file}")
+    ids = encode(Path(args.file).read_bytes(), file_ext(args.file), P)
+    for n in range(0, len(ids), P):
+        print(f"{n // P:5d}  " + " ".join("EOP" if i == EOP else f"{i:3d}" for i in ids[n:n + P]))
     return 0
 
 
