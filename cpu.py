@@ -4,14 +4,14 @@ A toy 8-bit machine runs a random program; its trace file is the memory (the pro
 the machine's state after every instruction fetch. A byte model trained on these files learns to
 *execute* the program: given the memory and the initial state it must generate every later state.
 
-    python cpu.py --out data/cpu --count 1000 --seed 0     # 1000 train + 100 test traces
+    python data.py cpu --out data/cpu --count 1000 --seed 0     # 1000 train + 100 test traces
     python -c "import cpu; print(cpu.translate(open('data/cpu/train/cpu_000000.bin','rb').read()))"
 
 Trace layout (release sizes): 1024 memory bytes, then 16-byte states `PC, ACC, IR[4], A..J`:
 the initial one (PC 0, IR 0), then one per fetched instruction, the last one fetching HLT.
-Pure Python + numpy; no torch.
+The two rules at the end (copy_rule, fetch_rule) are the baselines a model's simulation is scored
+against. Pure Python + numpy; no torch.
 """
-import argparse
 import os
 
 import numpy as np
@@ -101,7 +101,8 @@ def simulate(program, memory_size=MEMORY_SIZE, num_registers=NUM_REGISTERS, acc=
     if not isinstance(program, (bytes, bytearray)):
         program = bytes(b for instruction in program for b in instruction)
     if len(program) > memory_size or memory_size % INSTRUCTION_SIZE:
-        raise ValueError(f"a {len(program)}-byte program does not fit {memory_size} bytes of memory")
+        raise ValueError(f"a {len(program)}-byte program does not fit {memory_size} bytes of "
+                         "memory")
     memory = bytes(program) + bytes(memory_size - len(program))
     slots = memory_size // INSTRUCTION_SIZE
     v = [acc] + list(registers if registers is not None else [0] * num_registers)
@@ -161,7 +162,8 @@ def parse_trace(trace, memory_size=MEMORY_SIZE, num_registers=NUM_REGISTERS):
     state_size = STATE_HEADER + num_registers
     body = trace[memory_size:]
     whole = len(body) - len(body) % state_size
-    return trace[:memory_size], [tuple(body[i:i + state_size]) for i in range(0, whole, state_size)]
+    states = [tuple(body[i:i + state_size]) for i in range(0, whole, state_size)]
+    return trace[:memory_size], states
 
 
 def register_name(r):
@@ -243,33 +245,22 @@ def write_cpu_dataset(out_dir, count, seed=0, test_count=None, memory_size=MEMOR
     return paths["train"], paths["test"]
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description="Write random CPU-state traces (bGPT format).")
-    parser.add_argument("--out", required=True, help="output folder; gets train/ and test/ inside")
-    parser.add_argument("--count", type=int, required=True, help="number of training traces")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
-    parser.add_argument("--test_count", type=int, default=None,
-                        help="number of held-out test traces (default: max(1, count // 10))")
-    parser.add_argument("--memory_size", type=int, default=MEMORY_SIZE,
-                        help="memory bytes, a multiple of 4 up to 1024 (release: 1024)")
-    parser.add_argument("--num_registers", type=int, default=NUM_REGISTERS,
-                        help="registers A.. (release: 10, making 16-byte states)")
-    parser.add_argument("--min_program", type=int, default=MIN_PROGRAM,
-                        help="fewest random instructions per program, before the final HLT")
-    parser.add_argument("--max_program", type=int, default=MAX_PROGRAM,
-                        help="most random instructions per program, at most memory_size/4 - 1")
-    args = parser.parse_args(argv)
-    if args.count < 1 or (args.test_count is not None and args.test_count < 0):
-        parser.error("--count must be at least 1 and --test_count at least 0")
-    error = size_error(args.memory_size, args.num_registers, args.min_program, args.max_program)
-    if error:
-        parser.error(error)
-    train, test = write_cpu_dataset(args.out, args.count, args.seed, args.test_count,
-                                    args.memory_size, args.num_registers, args.min_program,
-                                    args.max_program)
-    print(f"wrote {len(train)} train and {len(test)} test traces to {args.out}")
-    return 0
+# --- rule baselines ------------------------------------------------------------------------------
+# What a model that never learned to execute could still get right. Each rule maps the memory and
+# one state (bytes or a tuple) to the next state; run one step from the true previous state, or
+# free running from its own previous output. Most bytes of a state repeat the previous state, so
+# byte accuracy alone flatters any model: these rules say how much of it needs no execution.
+def copy_rule(memory, state):
+    """The next state is the previous one, byte for byte: right wherever nothing changed."""
+    return bytes(state)
 
 
-if __name__ == "__main__":
-    main()
+def fetch_rule(memory, state):
+    """Copy ACC and the registers, advance PC and fetch the instruction it pointed at: all a step
+    does but execute. From a true state it is wrong on exactly the bytes that executing the
+    instruction in state's IR changed, so it is right whenever that instruction changes nothing
+    (S_0's empty IR, which reads as HLT; `MOV A A`; `CLR` of a register already 0)."""
+    slots = len(memory) // INSTRUCTION_SIZE
+    pc = state[0]
+    ir = memory[pc * INSTRUCTION_SIZE:(pc + 1) * INSTRUCTION_SIZE]
+    return bytes([min(pc + 1, slots - 1), state[1], *ir, *state[STATE_HEADER:]])

@@ -1,12 +1,13 @@
-"""The byte pipeline of data.py: the released file format, cropping, datasets, collate."""
+"""The byte pipeline of data.py: the released file format, cropping, datasets, collate, and the
+`show` command."""
 
 import random
 
 import pytest
-import torch
 
-from data import (EOP, ByteDataset, collate, conversion_pairs, crop, decode, encode, header_ext,
-                  list_files, stdlib_files)
+import data
+from data import (EOP, ByteDataset, collate, conversion_pairs, crop, decode, encode, file_ext,
+                  header_ext, list_files, stdlib_files)
 
 
 def test_worked_example_from_the_paper():
@@ -17,8 +18,41 @@ def test_worked_example_from_the_paper():
     assert ids[32:] == [EOP] * 16
 
 
+def test_exact_layout_with_small_patches():
+    P = 4
+    assert encode(b"abcde", "py", P) == [112, 121, EOP, EOP,    # header: "py", padded
+                                         97, 98, 99, 100,      # "abcd"
+                                         101, EOP, EOP, EOP,   # "e", padded
+                                         EOP, EOP, EOP, EOP]   # end patch
+    assert encode(b"abcd", "", P) == [EOP] * 4 + [97, 98, 99, 100] + [EOP] * 4  # no padding patch
+    assert encode(b"", "txt", P) == [116, 120, 116, EOP] + [EOP] * 4  # a 0-byte file: 2 patches
+    assert encode(b"x", "jpeg", P)[:P] == list(b"jpeg")  # a full header has no EOP in it
+    assert encode(b"x", "abcdef", P)[:P] == list(b"abcd")  # a longer extension is cut
+
+
+def test_every_byte_value_survives():
+    content = bytes(range(256)) + bytes(range(255, -1, -1))
+    ids = encode(content, "bin")
+    assert ids[16:16 + 512] == list(content)  # 0 and 255 included, nothing clipped or shifted
+    assert decode(ids) == content
+
+
+def test_decode_stops_at_the_first_eop():
+    P = 4
+    header = encode(b"", "txt", P)[:P]
+    assert decode(header + [104, 105, EOP, 106, 107], P) == b"hi"  # generated ids after an EOP
+    assert decode(header + [104, 105], P) == b"hi"  # no EOP at all: everything after the header
+    assert decode(header, P) == b""
+
+
+def test_file_ext_reads_the_last_dot():
+    names = ("a.txt", "x/b.tar.gz", "Makefile", "dir.d/noext")
+    assert [file_ext(n) for n in names] == ["txt", "gz", "", ""]
+
+
 @pytest.mark.parametrize("n", [0, 1, 15, 16, 17, 32, 100])
-@pytest.mark.parametrize("ext", ["txt", "", "mid", "ünïcødé", "a_very_long_extension_name", "日本語のファイル拡張子"])
+@pytest.mark.parametrize("ext", ["txt", "", "mid", "ünïcødé", "a_very_long_extension_name",
+                                 "日本語のファイル拡張子"])
 @pytest.mark.parametrize("P", [4, 16])
 def test_round_trip(n, ext, P):
     content = bytes(random.Random(n).randrange(256) for _ in range(n))
@@ -91,4 +125,32 @@ def test_stdlib_split_is_fixed_and_disjoint():
     assert len(train) > 500 and 10 < len(held_out) < len(train) / 10
     assert not set(train) & set(held_out)
     assert stdlib_files()[1] == held_out
-    assert all(torch.tensor(encode(p.read_bytes()[:64], "py")).max() <= EOP for p in held_out[:5])
+    assert all(p.suffix == ".py" and "site-packages" not in p.parts for p in train + held_out)
+    for p in held_out[:5]:  # real files round-trip, with one id per byte plus the padding
+        content = p.read_bytes()
+        ids = encode(content, "py")
+        assert decode(ids) == content and header_ext(ids) == "py"
+        assert len(ids) == 16 * (2 + -(-len(content) // 16))
+
+
+def test_show_prints_every_patch(tmp_path, capsys):
+    (tmp_path / "a.txt").write_bytes(b"hello")
+    assert data.main(["show", str(tmp_path / "a.txt"), "--patch_size", "4"]) == 0
+    assert capsys.readouterr().out.splitlines() == [
+        "    0  116 120 116 EOP",
+        "    1  104 101 108 108",
+        "    2  111 EOP EOP EOP",
+        "    3  EOP EOP EOP EOP"]
+
+
+@pytest.mark.parametrize("args, name", [(["show", "MISSING"], "MISSING"),
+                                        (["show", "FILE", "--patch_size", "0"], "--patch_size"),
+                                        (["shout"], "shout"), ([], "command")])
+def test_command_line_errors_are_one_line(tmp_path, capsys, args, name):
+    (tmp_path / "a.txt").write_bytes(b"x")
+    places = {"FILE": tmp_path / "a.txt", "MISSING": tmp_path / "MISSING"}
+    args = [str(places.get(a, a)) for a in args]
+    with pytest.raises(SystemExit) as e:
+        data.main(args)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.count("\n") == 1 and name in err, err
