@@ -21,7 +21,7 @@ Shape letters used in comments throughout:
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -32,18 +32,25 @@ EOP = 256  # end-of-patch id: pads a patch, fills the end patch; never a content
 VOCAB_SIZE = 257  # 256 byte values + EOP
 
 
+def doc(default, help):
+    """A config field with its meaning attached: train.py turns it into the --flag's help."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class BGPTConfig:
-    patch_size: int = 16  # P, bytes per patch
-    max_patches: int = 512  # context in patches, header patch included (512 x 16 = 8 KiB)
-    hidden_size: int = 768  # C, width of both decoders
-    patch_layers: int = 12  # GPT-2 blocks in the patch decoder
-    byte_layers: int = 3  # GPT-2 blocks in the byte decoder
-    n_heads: int = 12  # H; head size D = C / H (768 / 12 = 64)
-    dropout: float = 0.1  # after embeddings, on attention weights, on residuals (release: 0.1)
-    attention: str = "fused"  # "fused": F.scaled_dot_product_attention; "manual": written out
-    byte_patches: int = 0  # patch sampling: byte decoder trains on this many patches (0 = all)
-    checkpoint: bool = False  # activation checkpointing: recompute blocks in backward, less memory
+    patch_size: int = doc(16, "P, bytes per patch")
+    max_patches: int = doc(512, "context in patches, header included (512 x 16 = 8 KiB)")
+    hidden_size: int = doc(768, "C, the width of both decoders")
+    patch_layers: int = doc(12, "GPT-2 blocks in the patch decoder")
+    byte_layers: int = doc(3, "GPT-2 blocks in the byte decoder")
+    n_heads: int = doc(12, "H, attention heads; head size D = C / H (768 / 12 = 64)")
+    dropout: float = doc(0.1, "after embeddings, on attention weights, on residuals (release: 0.1)")
+    attention: str = doc("fused", "'fused': F.scaled_dot_product_attention; 'manual': written out")
+    byte_patches: int = doc(0, "patch sampling: the byte decoder trains on this many patches of a "
+                               "batch (0 = all)")
+    checkpoint: bool = doc(False, "activation checkpointing: recompute each block in the backward "
+                                  "pass (less memory, a third more compute)")
 
     def __post_init__(self):
         for name in ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers",

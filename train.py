@@ -1,91 +1,110 @@
 """
 Train a bGPT model (arXiv:2402.19155) on a folder of files: generation, conversion or classification.
 
-    python train.py                                       # default: this Python's standard library, ~10 min on 2 CPU cores
+    python train.py                                 # the stdlib of this Python, ~8 min on 2 CPU cores
     python train.py --train_dir data/text/train --eval_dir data/text/test --max_patches 512
     python train.py --train_dir data/music/train --convert "abc->mid"
     python train.py --train_dir data/digits/train --classify --init_from out/ckpt.pt
-    python train.py --resume --out_dir out                # continue exactly where a run stopped
-    python train.py --help                                # every option, with its meaning
+    python train.py --resume --out_dir out          # continue exactly where a run stopped
+    python train.py --help                          # every option, with its meaning
+    torchrun --standalone --nproc_per_node 8 train.py ...   # one node, 8 GPUs (DDP)
 
 Every field of TrainConfig and of bgpt.BGPTConfig is a --flag. The run writes, into --out_dir,
-ckpt.pt (model, optimizer, schedule, step, configs, RNG states; written atomically) and
-log.jsonl (one JSON record per log line and per evaluation).
+ckpt.pt (model, optimizer, schedule, step, configs, RNG states; written atomically, every
+--save_interval steps, at every evaluation and when stopped by Ctrl-C or SIGTERM) and log.jsonl
+(one JSON record per log line and per evaluation).
 """
 
 import argparse
 import collections
 import functools
-import inspect
 import json
 import math
 import os
+import signal
 import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 
 import torch
-from tqdm import tqdm
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig
-from data import (ByteDataset, collate, compressed_bits_per_byte, conversion_pairs, decode, file_ext,
-                  list_files, parse_convert, stdlib_files)
+from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig, doc, official_config
+import data
+from data import ByteDataset, collate, conversion_pairs, file_ext, list_files, parse_convert, \
+    stdlib_files
 
 # ---------------------------------------------------------------------------------------------
-# Config. The defaults train a small model on the stdlib in about 10 minutes on a 2-core CPU.
+# Config. The defaults train a small model on the stdlib in about 8 minutes on a 2-core CPU.
 
 
 @dataclass
 class TrainConfig:
-    train_dir: str = ""  # folder of training files ("" = the .py files of this Python's stdlib)
-    eval_dir: str = ""  # folder of held-out files ("" = a fixed fraction of the training files)
-    eval_fraction: float = 0.05  # held-out share of the training files when there is no eval_dir
-    out_dir: str = "out"  # where ckpt.pt and log.jsonl go
-    convert: str = ""  # conversion mode: "abc->mid" trains one way, "abc&mid" both ways
-    classify: bool = False  # classification mode: label = file name before the first "_"
-    init_from: str = ""  # start from one of our checkpoints or a released .pth
-    resume: bool = False  # continue the run in out_dir exactly (flags given now override its config)
-    batch_size: int = 8  # sequences per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step (the loss is averaged over them)
-    max_steps: int = 1800  # optimizer steps
-    lr: float = 2e-3  # peak learning rate
-    min_lr: float = 1e-4  # learning rate at the end of the cosine decay
-    warmup_steps: int = 50  # linear warm-up from 0 to lr
-    lr_decay_steps: int = 0  # length of the warm-up + cosine schedule (0 = max_steps)
-    weight_decay: float = 0.1  # AdamW decay, on weight matrices only
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0  # clip the gradient's global norm to this (0 = off)
-    eval_interval: int = 500  # evaluate (and save a checkpoint) every this many steps
-    eval_max_files: int = 200  # evaluate on at most this many held-out files (0 = all)
-    log_interval: int = 50  # one log line every this many steps
-    seed: int = 0  # seeds the model's initialisation, the data order and the crops
-    device: str = "auto"  # auto = cuda, then mps, then cpu
-    compile: bool = False  # torch.compile the model (faster steps on a GPU after a slow first one)
+    # data and mode
+    train_dir: str = doc("", "folder of training files ('' = the .py files of this Python's stdlib)")
+    eval_dir: str = doc("", "folder of held-out files ('' = every k-th training file, see eval_fraction)")
+    eval_fraction: float = doc(0.05, "held-out share of the training files when there is no eval_dir")
+    convert: str = doc("", "conversion: 'abc->mid' trains one way, 'abc&mid' both ways")
+    classify: bool = doc(False, "classification: the label is the file name before the first '_'")
+    loss_skip_bytes: int = doc(0, "content bytes at the start of every file left out of the loss, "
+                                  "in whole patches (e.g. a CPU trace's memory and first state)")
+    # where the run lives
+    out_dir: str = doc("out", "where ckpt.pt and log.jsonl go")
+    init_from: str = doc("", "start from one of our checkpoints or a released .pth")
+    resume: bool = doc(False, "continue the run in out_dir exactly (flags given now override it)")
+    overwrite: bool = doc(False, "start a new run in an out_dir that holds one, replacing it")
+    # batch and schedule
+    batch_size: int = doc(8, "sequences per micro-batch of one process")
+    grad_accum: int = doc(1, "micro-batches per optimizer step (the loss is averaged over them)")
+    max_steps: int = doc(1800, "optimizer steps")
+    lr: float = doc(2e-3, "peak learning rate")
+    min_lr: float = doc(1e-4, "learning rate at the end of the cosine decay")
+    warmup_steps: int = doc(50, "linear warm-up from 0 to lr, in steps")
+    lr_decay_steps: int = doc(0, "length of the warm-up + cosine schedule (0 = max_steps)")
+    weight_decay: float = doc(0.1, "AdamW decay, on weight matrices and embeddings only")
+    beta1: float = doc(0.9, "AdamW beta1")
+    beta2: float = doc(0.95, "AdamW beta2")
+    grad_clip: float = doc(1.0, "clip the gradient's global norm to this (0 = off)")
+    # evaluation, logging, checkpoints
+    eval_interval: int = doc(500, "evaluate (and save a checkpoint) every this many steps")
+    eval_max_files: int = doc(200, "evaluate on at most this many held-out files (0 = all)")
+    log_interval: int = doc(50, "one log line every this many steps")
+    save_interval: int = doc(600, "save a checkpoint every this many steps (about 2.5 minutes "
+                                  "of the default run on 2 CPU cores)")
+    # machine
+    seed: int = doc(0, "seeds the initialisation, the data order, the crops and dropout")
+    device: str = doc("auto", "auto = cuda, then mps, then cpu")
+    compile: bool = doc(False, "torch.compile the model (faster steps on a GPU after a slow first)")
 
 
-DEFAULT_MODEL = dict(max_patches=128, hidden_size=128, patch_layers=6, byte_layers=1, n_heads=2, dropout=0.0)
 # 128 patches x 16 bytes = 2 KiB of context, 2.0M parameters. The byte decoder runs on every byte
 # and the patch decoder on every 16th, so on a CPU a patch layer costs 1/16 of a byte layer: the
 # default spends its FLOPs on a deeper patch decoder. Model fields not given on the command line
-# take these values, which fit the 10-minute CPU default; --hidden_size 768 --patch_layers 12
-# --byte_layers 3 --n_heads 12 --max_patches 512 is the paper's model.
+# take these values; --hidden_size 768 --patch_layers 12 --byte_layers 3 --n_heads 12
+# --max_patches 512 is the paper's model.
+DEFAULT_MODEL = dict(max_patches=128, hidden_size=128, patch_layers=6, byte_layers=1, n_heads=2,
+                     dropout=0.0)
+ARCHITECTURE = ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers",
+                "n_heads")  # what a checkpoint fixes; the other model fields may change
 
 
 def parse_args(argv=None):
-    """Build one --flag per config field. Returns (TrainConfig, BGPTConfig fields, flags given)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     usage="python train.py [--name value ...]   (python train.py --help lists them)")
+    """One --flag per config field. Returns (TrainConfig, model fields, the flags given)."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="python train.py [--name value ...]   (python train.py --help lists them)")
     for cls, title in [(TrainConfig, "training"), (BGPTConfig, "model (bgpt.BGPTConfig)")]:
         group = parser.add_argument_group(title)
         for f in fields(cls):
             default = DEFAULT_MODEL.get(f.name, f.default) if cls is BGPTConfig else f.default
             kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
-            group.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS, metavar=type(f.default).__name__,
-                               nargs="?" if kind is _bool else None, const=True if kind is _bool else None,
-                               help=f"{_field_help(cls, f.name)} (default: {default})")
-    given = vars(parser.parse_args(argv))  # only the flags actually typed (defaults are suppressed)
+            flag = dict(nargs="?", const=True) if kind is _bool else {}  # "--classify" alone = true
+            group.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
+                               metavar=type(f.default).__name__, **flag,
+                               help=f"{f.metadata.get('help', '')} (default: {default})")
+    given = vars(parser.parse_args(argv))  # only the flags actually typed (defaults suppressed)
     train_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in given.items() if k in train_fields})
     model_fields = {**DEFAULT_MODEL, **{k: v for k, v in given.items() if k not in train_fields}}
@@ -100,27 +119,42 @@ def _bool(s):
     raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
 
 
-def _field_help(cls, name):
-    """The comment after the field in its source: the dataclasses document their own flags."""
-    for line in inspect.getsource(cls).splitlines():
-        if line.strip().startswith(f"{name}:") and "#" in line:
-            return line.split("#", 1)[1].strip()
-    return ""
+def check_config(cfg):
+    """Values no run can use: a one-line error before anything is read or written."""
+    at_least = dict(batch_size=1, grad_accum=1, max_steps=0, warmup_steps=0, lr_decay_steps=0,
+                    eval_interval=1, eval_max_files=0, log_interval=1, save_interval=1,
+                    loss_skip_bytes=0)
+    for name, low in at_least.items():
+        if getattr(cfg, name) < low:
+            fail(f"--{name} must be at least {low}, not {getattr(cfg, name)}")
+    for name in ("lr", "min_lr", "weight_decay", "grad_clip"):
+        if not getattr(cfg, name) >= 0:  # also rejects nan
+            fail(f"--{name} must be a number >= 0, not {getattr(cfg, name)}")
+    if not 0 < cfg.eval_fraction < 1:
+        fail(f"--eval_fraction must lie in (0, 1), not {cfg.eval_fraction}")
+    if cfg.resume and cfg.overwrite:
+        fail("--resume continues the run in --out_dir and --overwrite replaces it: pick one")
+    if cfg.classify and cfg.convert:
+        fail("--classify and --convert are two different modes: pick one")
+
+
+# ---------------------------------------------------------------------------------------------
+# One place each for: the one-line error, the device and autocast, reading a checkpoint
 
 
 def fail(message):
     """A clear one-line error and exit code 2 (as argparse does for a bad flag)."""
-    print(f"train.py: error: {message}", file=sys.stderr)
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "bgpt"
+    print(f"{script}: error: {message}", file=sys.stderr)
     sys.exit(2)
 
 
-# ---------------------------------------------------------------------------------------------
-# Device
-
-
-def pick_device(name):
+def pick_device(name="auto"):
     if name != "auto":
-        return torch.device(name)
+        try:
+            return torch.device(name)
+        except RuntimeError:
+            fail(f"--device: {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)")
     if torch.cuda.is_available():
         return torch.device("cuda")
     if torch.backends.mps.is_available():
@@ -129,8 +163,91 @@ def pick_device(name):
 
 
 def autocast(device):
-    """bf16 autocast on CUDA (matmuls run on tensor cores; weights and optimizer stay fp32)."""
+    """bf16 autocast on CUDA: matmuls run on tensor cores, weights and optimizer stay fp32."""
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def load_checkpoint(path, what):
+    """Read a checkpoint, ours or released, with weights_only=True: only tensors and plain Python
+    values are rebuilt, so a file cannot run code when it is loaded (a full pickle can)."""
+    if not os.path.isfile(path):
+        fail(f"{what}: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign, or carrying code: say which file, not torch's trace
+        reason = "it holds more than tensors and plain values" if "weights_only" in str(e) \
+            else "truncated or not a checkpoint"
+        fail(f"{what}: {path} is not a readable checkpoint ({reason})")
+    if not isinstance(state, dict):
+        fail(f"{what}: {path} is not a checkpoint (it holds a {type(state).__name__})")
+    return state
+
+
+def is_ours(state):
+    return "config" in state and "model" in state
+
+
+def load_model(path, device="cpu", what="--ckpt"):
+    """(model, info) from our checkpoint, or from a released .pth given as "official:PATH".
+    info has the training data's "ext" and "classes" (empty for a released checkpoint)."""
+    official = path.startswith("official:")
+    path = path[len("official:"):] if official else path
+    state = load_checkpoint(path, what)
+    if official and is_ours(state):
+        fail(f"{what}: {path} is one of this project's checkpoints: drop the 'official:' prefix")
+    if not official and not is_ours(state):
+        fail(f"{what}: {path} is not one of this project's checkpoints"
+             " (a released bGPT .pth is read as official:PATH)")
+    try:
+        if official:
+            return BGPT.from_official(state).to(device).eval(), {}
+        config = BGPTConfig(**state["config"]["model"])
+        info = state.get("data", {})
+        classify = state["config"]["train"]["classify"]
+        model = BGPTClassifier(config, len(info["classes"])) if classify else BGPT(config)
+        model.load_state_dict(state["model"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        fail(f"{what}: {path} does not hold a model this code can build ({_first_line(e)})")
+    return model.to(device).eval(), info
+
+
+def _first_line(e):
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed training. `torchrun` starts one process per device and sets RANK, LOCAL_RANK and
+# WORLD_SIZE; without them (plain `python train.py`) this is one process and nothing changes.
+
+
+def setup_distributed(device_name):
+    """Returns (rank, world size, device). Gloo on CPUs, NCCL between GPUs."""
+    if "RANK" not in os.environ:
+        return 0, 1, pick_device(device_name)
+    device = pick_device(device_name)
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def all_ranks_mean(value, world):
+    """The mean of a number over all processes (the logged loss is the whole batch's)."""
+    if world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64)
+    dist.all_reduce(t)  # a sum: gloo has no average
+    return float(t) / world
+
+
+def any_rank(flag, world):
+    """True on every process if it is true on one (e.g. one of them received Ctrl-C)."""
+    if world == 1:
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,11 +255,9 @@ def autocast(device):
 
 
 def load_data(cfg, mcfg):
-    """Returns (train, held-out) ByteDatasets for the chosen mode."""
-    P, N = mcfg.patch_size, mcfg.max_patches
-    exts = None
-    if cfg.convert:
-        exts = {e for pair in parse_convert(cfg.convert) for e in pair}
+    """Returns (train, held-out) ByteDatasets for the chosen mode, encoded with the model's
+    patch_size and context (from --init_from's checkpoint when there is one)."""
+    exts = {e for pair in parse_convert(cfg.convert) for e in pair} if cfg.convert else None
     if cfg.train_dir:
         train_files = list_files(cfg.train_dir, exts)
         if cfg.eval_dir:
@@ -152,63 +267,110 @@ def load_data(cfg, mcfg):
             held = set(sorted({f.with_suffix("") for f in train_files})[::k])
             eval_files = [f for f in train_files if f.with_suffix("") in held]
             train_files = [f for f in train_files if f.with_suffix("") not in held]
+            if not train_files or not eval_files:
+                raise ValueError(f"{cfg.train_dir}: too few files to hold some out "
+                                 "(give --eval_dir)")
     else:
         train_files, eval_files = stdlib_files(cfg.eval_fraction)
     if cfg.convert:
-        train_src, eval_src = conversion_pairs(train_files, cfg.convert), conversion_pairs(eval_files, cfg.convert)
+        train_src = conversion_pairs(train_files, cfg.convert)
+        eval_src = conversion_pairs(eval_files, cfg.convert)
     else:
         train_src, eval_src = train_files, eval_files
-    if cfg.eval_max_files and len(eval_src) > cfg.eval_max_files:  # evenly spaced: files sorted by
-        eval_src = eval_src[::len(eval_src) // cfg.eval_max_files][:cfg.eval_max_files]  # label keep every label
-    train = ByteDataset(train_src, N, P, crop_mode="random", labels=True if cfg.classify else None, seed=cfg.seed)
-    held_out = ByteDataset(eval_src, N, P, crop_mode="head", labels=train.classes)
+    if cfg.eval_max_files and len(eval_src) > cfg.eval_max_files:
+        # evenly spaced: the files are sorted by label, so every label keeps some
+        eval_src = eval_src[::len(eval_src) // cfg.eval_max_files][:cfg.eval_max_files]
+    labels = True if cfg.classify else None
+    train = ByteDataset(train_src, mcfg.max_patches, mcfg.patch_size, crop_mode="random",
+                        labels=labels, seed=cfg.seed)
+    held_out = ByteDataset(eval_src, mcfg.max_patches, mcfg.patch_size, crop_mode="head",
+                           labels=train.classes)
     if cfg.classify and len(train.classes) < 2:
-        fail(f"classification needs at least 2 labels (file name before the first '_'), found {train.classes}")
+        raise ValueError(f"{cfg.train_dir}: classification needs at least 2 labels (the file "
+                         f"name before the first '_'), found {train.classes}")
     return train, held_out
 
 
-def get_batch(dataset, cfg, micro_step, P):
-    """The micro-batch number micro_step, a pure function of (seed, micro_step): the data order is
-    a fresh permutation per epoch and each item's crop is seeded by its place in the stream, so
-    a resumed run sees exactly the batches the uninterrupted run would have seen."""
+def get_batch(dataset, cfg, micro_step, rank=0, world=1):
+    """This process's share of global micro-batch number `micro_step`.
+
+    A global micro-batch is items micro_step * G .. + G - 1 of an endless stream, G =
+    batch_size x world; process r takes the r-th run of batch_size of them, so all processes
+    together read what one process with a G-sized batch would. The stream is a fresh permutation
+    per epoch and each item's crop is seeded by its place in the stream: a batch is a pure
+    function of (seed, micro_step), and a resumed run sees exactly the uninterrupted run's."""
+    B, G = cfg.batch_size, cfg.batch_size * world
     items = []
-    for j in range(micro_step * cfg.batch_size, (micro_step + 1) * cfg.batch_size):
+    for j in range(micro_step * G + rank * B, micro_step * G + (rank + 1) * B):
         epoch, k = divmod(j, len(dataset))
         dataset.rng.seed(cfg.seed * 1_000_003 + j)
         items.append(dataset[epoch_order(len(dataset), cfg.seed, epoch)[k]])
-    return collate(items, P)
+    x, mask, labels = collate(items, dataset.patch_size)
+    return x, loss_mask(mask, cfg, dataset.patch_size), labels
+
+
+def loss_mask(mask, cfg, P):
+    """Zero the mask on the content patches that --loss_skip_bytes leaves out of the loss. Patch 0
+    is the header (never predicted); patches 1 .. skip/P are the given prefix."""
+    if cfg.loss_skip_bytes:
+        mask = mask.clone()
+        mask[:, 1:1 + cfg.loss_skip_bytes // P] = 0
+    return mask
 
 
 @functools.lru_cache(maxsize=2)
 def epoch_order(n, seed, epoch):
     """The order of the n training items in this epoch (cached: one permutation per epoch)."""
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 100003 + epoch)).tolist()
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
 
 
 # ---------------------------------------------------------------------------------------------
 # Model
 
 
-def build_model(cfg, model_fields, n_classes):
-    """A new model, or one initialised from --init_from (ours or a released .pth)."""
-    if not cfg.init_from:
-        mcfg = BGPTConfig(**model_fields)
-        return (BGPTClassifier(mcfg, n_classes) if cfg.classify else BGPT(mcfg)), mcfg
-    if not os.path.isfile(cfg.init_from):
-        fail(f"--init_from: no such file: {cfg.init_from}")
-    ckpt = load_checkpoint(cfg.init_from, "--init_from")
-    # The architecture comes from the checkpoint; only these may differ from it.
-    free = {k: v for k, v in model_fields.items() if k in ("dropout", "attention", "byte_patches")}
-    if "config" in ckpt:  # one of ours
-        mcfg = BGPTConfig(**{**ckpt["config"]["model"], **free})
-        if cfg.classify:
-            return BGPTClassifier(mcfg, n_classes).load_patch_decoder(ckpt["model"]), mcfg
-        model = BGPT(mcfg)
-        model.load_state_dict(ckpt["model"])
-        return model, mcfg
-    model = (BGPTClassifier.from_official(ckpt, n_classes, **free) if cfg.classify
-             else BGPT.from_official(ckpt, **free))
-    return model, model.config
+def init_state(cfg):
+    """The --init_from checkpoint (ours or a released .pth, told apart by their contents)."""
+    return load_checkpoint(cfg.init_from, "--init_from") if cfg.init_from else None
+
+
+def model_config(model_fields, state, given):
+    """The model's BGPTConfig. From --init_from's checkpoint when there is one: its architecture
+    is fixed, and only fields such as dropout and attention may be set on the command line."""
+    if state is None:
+        return BGPTConfig(**model_fields)
+    free = {k: v for k, v in model_fields.items() if k not in ARCHITECTURE}
+    if is_ours(state):
+        mcfg = BGPTConfig(**{**state["config"]["model"], **free})
+    else:
+        released = state["model"] if isinstance(state.get("model"), dict) else state
+        mcfg = official_config(released, **free)
+    check_architecture(mcfg, model_fields, given, "--init_from")
+    return mcfg
+
+
+def check_architecture(mcfg, model_fields, given, flag):
+    """A checkpoint fixes the architecture: a flag that asks for another one is an error."""
+    for k in ARCHITECTURE:
+        if k in given and model_fields[k] != getattr(mcfg, k):
+            fail(f"{flag}: the checkpoint's {k} is {getattr(mcfg, k)}; drop --{k} "
+                 f"{model_fields[k]}")
+
+
+def build_model(cfg, mcfg, state, n_classes):
+    """A new model for mcfg, with --init_from's weights when there are some."""
+    model = BGPTClassifier(mcfg, n_classes) if cfg.classify else BGPT(mcfg)
+    if state is None:
+        return model
+    if cfg.classify:  # a generative model's patch decoder, or a classifier's, ours or released
+        return model.load_patch_decoder(state if not is_ours(state) else state["model"])
+    if not is_ours(state):
+        free = {k: v for k, v in asdict(mcfg).items() if k not in ARCHITECTURE}
+        return BGPT.from_official(state, **free)
+    if state["config"]["train"]["classify"]:
+        raise ValueError("it holds a classifier; generation needs a generative checkpoint")
+    model.load_state_dict(state["model"])
+    return model
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,7 +381,8 @@ def make_optimizer(model, cfg):
     """AdamW; weight decay on matrices and embedding tables only (not on biases and LayerNorms)."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
@@ -229,7 +392,8 @@ def lr_factor(step, cfg):
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     progress = min(1.0, (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    return (cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))) / cfg.lr
+    cosine = 0.5 * (1 + math.cos(math.pi * progress))
+    return (cfg.min_lr + (cfg.lr - cfg.min_lr) * cosine) / cfg.lr if cfg.lr else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -237,74 +401,189 @@ def lr_factor(step, cfg):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, batch_size=8, content=True):
-    """Held-out figures. loss and bpb are the release's: mean cross-entropy over every predicted id
-    (padding and end patch included) and that over ln 2. content_bpb is a code length: the bits
-    the model gives each file's content bytes plus the EOP that ends them (when the file fits the
-    context), over the content bytes; a compressor's bits per byte on the same bytes compare."""
+def evaluate(model, dataset, device, cfg):
+    """Held-out figures. loss and bpb are the release's: mean cross-entropy over every predicted
+    id (padding and end patch included; the --loss_skip_bytes prefix excluded) and that over ln 2.
+    content_bpb is a code length: the bits the model gives each file's content bytes plus the EOP
+    that ends them (when the file fits the context), over the content bytes; a compressor's bits
+    per byte on the same bytes compare. Classifiers get their accuracy."""
     model.eval()
     P = model.config.patch_size
-    sums = dict(nll=0.0, ids=0, bits=0.0, bytes=0, correct=0, n=0)
-    for start in range(0, len(dataset), batch_size):
-        x, mask, labels = collate([dataset[i] for i in range(start, min(start + batch_size, len(dataset)))], P)
-        x, mask, labels = x.to(device), mask.to(device), labels.to(device)
+    content = not cfg.convert and not cfg.loss_skip_bytes
+    sums = collections.Counter()
+    for start in range(0, len(dataset), cfg.batch_size):
+        batch = [dataset[i] for i in range(start, min(start + cfg.batch_size, len(dataset)))]
+        x, mask, labels = (t.to(device) for t in collate(batch, P))
         with autocast(device):
-            if isinstance(model, BGPTClassifier):
-                logits, _ = model(x, mask)
-                sums["correct"] += int((logits.argmax(-1) == labels).sum())
-                sums["n"] += len(labels)
-                continue
             logits, _ = model(x, mask)
+        if isinstance(model, BGPTClassifier):
+            sums["correct"] += int((logits.argmax(-1) == labels).sum())
+            sums["n"] += len(labels)
+            continue
         nll = -logits.float().log_softmax(-1).gather(-1, x[:, P:, None])[..., 0]  # (B, T - P)
-        keep = mask[:, 1:].repeat_interleave(P, 1).bool()
+        keep = loss_mask(mask, cfg, P)[:, 1:].repeat_interleave(P, 1).bool()  # (B, T - P)
         sums["nll"] += float(nll[keep].sum())
         sums["ids"] += int(keep.sum())
-        if content:
-            for row, ids in zip(nll, x[:, P:].tolist()):
-                n = ids.index(EOP) if EOP in ids else len(ids)  # content bytes in the window
-                sums["bits"] += float(row[:min(n + 1, len(ids))].sum()) / math.log(2)
-                sums["bytes"] += n
+        for row, ids in zip(nll, x[:, P:].tolist()) if content else ():
+            n = ids.index(EOP) if EOP in ids else len(ids)  # content bytes in the window
+            sums["bits"] += float(row[:min(n + 1, len(ids))].sum()) / math.log(2)
+            sums["bytes"] += n
     model.train()
     if isinstance(model, BGPTClassifier):
         return {"accuracy": sums["correct"] / max(sums["n"], 1)}
-    out = {"loss": sums["nll"] / sums["ids"], "bpb": sums["nll"] / sums["ids"] / math.log(2)}
-    if content:
-        out["content_bpb"] = sums["bits"] / max(sums["bytes"], 1)
+    out = {"loss": sums["nll"] / max(sums["ids"], 1)}
+    out["bpb"] = out["loss"] / math.log(2)
+    if content and sums["bytes"]:  # (held-out files of 0 bytes have no bits per byte)
+        out["content_bpb"] = sums["bits"] / sums["bytes"]
     return out
 
 
-def baselines(dataset):
-    """gzip -9, bz2 and lzma on exactly the content the model was evaluated on, file by file."""
-    contents = [decode(dataset.ids(i), dataset.patch_size) for i in range(len(dataset))]
-    return {m: compressed_bits_per_byte(contents, m) for m in ("gzip", "bz2", "lzma")}
+def scored_contents(dataset):
+    """The bytes content_bpb is measured on: each held-out file's content inside the context."""
+    P = dataset.patch_size
+    out = []
+    for i in range(len(dataset)):
+        ids = dataset.ids(i)[P:]
+        out.append(bytes(ids[:ids.index(EOP)] if EOP in ids else ids))
+    return out
+
+
+def training_contents(dataset):
+    """The training files' bytes, for the compressors that learn from the training split."""
+    return [open(f, "rb").read() for f in dataset.sources]
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpointing
+# Checkpoints. A checkpoint holds only tensors and plain values (configs as dicts, RNG states as
+# tensors), so it loads with weights_only=True.
 
 
 def save_checkpoint(path, **state):
-    """Write to a temporary file, then rename: a crash mid-write never destroys the last checkpoint."""
+    """Write to path + ".tmp", flush it to disk, then rename it over path: a crash, a kill or a
+    full disk at any moment leaves either the old checkpoint or the new one, never half of one."""
     tmp = path + ".tmp"
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path, flag):
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:  # a truncated or foreign file: say which, not where torch failed
-        fail(f"{flag}: {path} is not a readable checkpoint ({type(e).__name__})")
+        with open(tmp, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        fail(f"could not write {path} ({e.strerror or e}); the previous checkpoint is kept")
 
 
 def rng_state():
-    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
 
 
 def set_rng_state(state):
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
+    if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather_rng_states(world):
+    """Every process's RNG state (dropout differs per process), for an exact resume under DDP."""
+    if world == 1:
+        return [rng_state()]
+    states = [None] * world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+class StopSignal:
+    """Ctrl-C (SIGINT) and SIGTERM set a flag instead of killing the process: the loop finishes
+    its step, writes a checkpoint and exits. SIGKILL cannot be caught; the checkpoints written
+    every --save_interval steps are there for it."""
+
+    def __init__(self):
+        self.received = None
+        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    def handle(self, signum, frame):
+        if self.received is None:
+            print(f"\n{signal.Signals(signum).name}: stopping after this step", file=sys.stderr)
+        self.received = signum
+
+    def restore(self):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+# ---------------------------------------------------------------------------------------------
+# Setup: everything the loop needs, checked before anything is written
+
+
+def setup(argv=None):
+    cfg, model_fields, given = parse_args(argv)
+    check_config(cfg)
+    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
+    resumed = None
+    if cfg.resume:
+        if not os.path.isfile(ckpt_path):
+            fail(f"--resume: no checkpoint at {ckpt_path}")
+        resumed = load_checkpoint(ckpt_path, "--resume")
+        if not is_ours(resumed) or "optimizer" not in resumed:
+            fail(f"--resume: {ckpt_path} is not a training checkpoint of this project")
+        saved = resumed["config"]
+        check_architecture(BGPTConfig(**saved["model"]), model_fields, given, "--resume")
+        cfg = TrainConfig(**{**saved["train"], **{k: getattr(cfg, k) for k in given
+                                                  if hasattr(cfg, k)}})
+        model_fields = {**saved["model"], **{k: model_fields[k] for k in given
+                                             if k in model_fields}}
+        cfg.init_from = ""  # the weights come from the checkpoint
+        check_config(cfg)
+    elif os.path.exists(ckpt_path) and not cfg.overwrite:
+        fail(f"{ckpt_path} already holds a run: pass --resume to continue it or --overwrite "
+             "to replace it (or choose another --out_dir)")
+    if os.path.exists(cfg.out_dir) and not os.path.isdir(cfg.out_dir):
+        fail(f"--out_dir: {cfg.out_dir} is a file, not a folder")
+
+    rank, world, device = setup_distributed(cfg.device)
+    torch.manual_seed(cfg.seed + rank)  # the same initial weights on every rank: DDP broadcasts
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+
+    state = init_state(cfg)
+    try:
+        mcfg = model_config(model_fields, state, given)
+        train_ds, eval_ds = load_data(cfg, mcfg)  # encoded for the model, patch_size included
+    except (OSError, ValueError) as e:
+        fail(_first_line(e))
+    if cfg.loss_skip_bytes % mcfg.patch_size:
+        fail(f"--loss_skip_bytes {cfg.loss_skip_bytes} is not a multiple of patch_size "
+             f"{mcfg.patch_size}")
+    try:
+        model = build_model(cfg, mcfg, state, len(train_ds.classes or []))
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        fail(f"--init_from: {cfg.init_from} does not hold a model this code can build "
+             f"({_first_line(e)})")
+    model.to(device)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
+    step = 0
+    if resumed:
+        try:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            fail(f"--resume: {ckpt_path} does not fit this model ({_first_line(e)})")
+        scheduler.load_state_dict(resumed["scheduler"])
+        step = resumed["step"]
+        rngs = resumed["rng"]
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+
+    # What sample.py needs to know about the data: the class names and the usual extension.
+    last = [s[-1] if isinstance(s, tuple) else s for s in train_ds.sources]
+    ext = collections.Counter(file_ext(s) for s in last).most_common(1)[0][0]
+    run = dict(cfg=cfg, mcfg=mcfg, model=model, optimizer=optimizer, scheduler=scheduler,
+               step=step, train_ds=train_ds, eval_ds=eval_ds, device=device, rank=rank,
+               world=world, ckpt_path=ckpt_path, resumed=resumed is not None,
+               data_info={"classes": train_ds.classes, "ext": ext})
+    return argparse.Namespace(**run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -312,117 +591,146 @@ def set_rng_state(state):
 
 
 def train(argv=None):
-    cfg, model_fields, given = parse_args(argv)
-    ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    resumed = None
-    if cfg.resume:
-        if not os.path.isfile(ckpt_path):
-            fail(f"--resume: no checkpoint at {ckpt_path}")
-        resumed = load_checkpoint(ckpt_path, "--resume")
-        saved = resumed["config"]
-        cfg = TrainConfig(**{**saved["train"], **{k: getattr(cfg, k) for k in given if hasattr(cfg, k)}})
-        model_fields = {**saved["model"], **{k: model_fields[k] for k in given if k in model_fields}}
-        cfg.init_from = ""  # the weights come from the checkpoint
-    torch.manual_seed(cfg.seed)
-    device = pick_device(cfg.device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-
-    try:
-        P = BGPTConfig(**model_fields).patch_size
-        train_ds, eval_ds = load_data(cfg, BGPTConfig(**model_fields))
-    except (FileNotFoundError, ValueError) as e:
-        fail(str(e))
-    try:
-        model, mcfg = build_model(cfg, model_fields, len(train_ds.classes or []))
-    except ValueError as e:
-        fail(f"{cfg.init_from or 'model'}: {e}")
-    if mcfg.max_patches != train_ds.max_patches:  # an --init_from checkpoint sets the context
-        train_ds.max_patches = eval_ds.max_patches = mcfg.max_patches
-    model.to(device)
-    optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
-    step = 0
-    if resumed:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        scheduler.load_state_dict(resumed["scheduler"])
-        step = resumed["step"]
-        set_rng_state(resumed["rng"])
+    """Train as the command line says; returns the last evaluation (and the baselines)."""
+    run = setup(argv)
+    cfg, model, optimizer, scheduler = run.cfg, run.model, run.optimizer, run.scheduler
+    rank, world, device, step = run.rank, run.world, run.device, run.step
+    master = rank == 0  # only rank 0 prints, evaluates and writes files
+    P = run.mcfg.patch_size
     fwd = torch.compile(model) if cfg.compile else model
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    log = open(os.path.join(cfg.out_dir, "log.jsonl"), "a" if resumed else "w")  # a new run, a new log
-    config = {"train": asdict(cfg), "model": asdict(mcfg)}
-    # What sample.py needs to know about the data: the class names and the usual extension.
-    exts = collections.Counter(file_ext(s[-1] if isinstance(s, tuple) else s) for s in train_ds.sources)
-    data_info = {"classes": train_ds.classes, "ext": exts.most_common(1)[0][0]}
-    mode = "classify" if cfg.classify else f"convert {cfg.convert}" if cfg.convert else "generate"
-    print(f"{mode}: {len(train_ds)} train / {len(eval_ds)} held-out sequences, {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
-          f"context {mcfg.max_patches} patches x {mcfg.patch_size} bytes, device {device}")
+    if world > 1:  # DDP: every rank holds the whole model; gradients are averaged in backward
+        fwd = DDP(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    log = open_log(cfg.out_dir, step, run.resumed) if master else None
+    config = {"train": asdict(cfg), "model": asdict(run.mcfg)}
+    if master:
+        mode = ("classify" if cfg.classify else f"convert {cfg.convert}" if cfg.convert
+                else "generate")
+        n_params = sum(p.numel() for p in model.parameters()) / 1e6
+        print(f"{mode}: {len(run.train_ds)} train / {len(run.eval_ds)} held-out sequences, "
+              f"{n_params:.2f}M parameters, context {run.mcfg.max_patches} patches x {P} bytes, "
+              f"global batch {cfg.batch_size} x {cfg.grad_accum} x {world} processes, {device}")
 
     def checkpoint():
-        save_checkpoint(ckpt_path, model=model.state_dict(), optimizer=optimizer.state_dict(),
-                        scheduler=scheduler.state_dict(), step=step, config=config, rng=rng_state(), data=data_info)
+        rngs = gather_rng_states(world)  # every rank takes part; rank 0 writes
+        if master:
+            save_checkpoint(run.ckpt_path, model=model.state_dict(), step=step,
+                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            config=config, rng=rngs, data=run.data_info)
+        if world > 1:
+            dist.barrier()
 
     def run_eval():
-        result = evaluate(model, eval_ds, device, cfg.batch_size, content=not cfg.convert)
-        record = {"step": step, "eval": result}
-        log.write(json.dumps(record) + "\n")
-        log.flush()
-        tqdm.write(f"step {step:5d} | held-out " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        result = evaluate(model, run.eval_ds, device, cfg)
+        write_log(log, {"step": step, "eval": result})
+        print(f"step {step:5d} | held-out " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
         return result
 
+    stop = StopSignal()
     model.train()
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="train", dynamic_ncols=True, mininterval=2)
     t0, n_bytes, result = time.time(), 0, None
-    while step < cfg.max_steps:
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            x, mask, labels = get_batch(train_ds, cfg, step * cfg.grad_accum + micro, P)
-            x, mask, labels = x.to(device), mask.to(device), labels.to(device)
-            with autocast(device):
-                _, loss = fwd(x, mask, labels) if cfg.classify else fwd(x, mask)
-            # Each micro-batch's loss is already a mean; dividing by grad_accum makes the summed
-            # gradients the gradient of the mean over the whole step's batch.
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
-            n_bytes += int(mask.sum()) * P
-        if not math.isfinite(loss_sum):
-            fail(f"loss became {loss_sum} at step {step}; try a lower --lr")
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        bar.update(1)
-        if step % cfg.log_interval == 0 or step == cfg.max_steps:
-            dt = time.time() - t0
-            steps_done = (step - 1) % cfg.log_interval + 1
-            record = {"step": step, "loss": loss_sum, "bpb": loss_sum / math.log(2), "lr": scheduler.get_last_lr()[0],
-                      "ms_per_step": 1000 * dt / steps_done, "bytes_per_s": n_bytes / dt}
-            log.write(json.dumps(record) + "\n")
-            log.flush()  # readable while training runs (a notebook may plot it)
-            tqdm.write(f"step {step:5d} | loss {loss_sum:.4f} | bpb {record['bpb']:.3f} | lr {record['lr']:.2e} | "
-                       f"{record['ms_per_step']:.0f} ms/step | {record['bytes_per_s']:,.0f} bytes/s")
-            t0, n_bytes = time.time(), 0
-        if step % cfg.eval_interval == 0 or step == cfg.max_steps:
-            result = run_eval()
-            checkpoint()
-            t0 = time.time()  # evaluation time is not training time
-    bar.close()
-    if result is None:  # nothing left to train (resumed at max_steps)
+    try:
+        while step < cfg.max_steps:
+            loss_sum = 0.0
+            for micro in range(cfg.grad_accum):
+                x, mask, labels = get_batch(run.train_ds, cfg, step * cfg.grad_accum + micro,
+                                            rank, world)
+                x, mask, labels = x.to(device), mask.to(device), labels.to(device)
+                # DDP averages gradients across ranks in backward; between micro-steps of one
+                # optimizer step that would be wasted traffic, so only the last one syncs.
+                last = micro == cfg.grad_accum - 1
+                with (nullcontext() if world == 1 or last else fwd.no_sync()), autocast(device):
+                    _, loss = fwd(x, mask, labels) if cfg.classify else fwd(x, mask)
+                # Each micro-batch's loss is a mean; dividing by grad_accum makes the summed
+                # gradients those of the mean over the step's whole batch.
+                (loss / cfg.grad_accum).backward()
+                loss_sum += loss.item() / cfg.grad_accum
+                n_bytes += int(mask.sum()) * P * world
+            loss_sum = all_ranks_mean(loss_sum, world)
+            if not math.isfinite(loss_sum):
+                fail(f"the loss became {loss_sum} at step {step + 1}; the last good checkpoint "
+                     f"({run.ckpt_path}) is kept. Try a lower --lr")
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+
+            if master and (step % cfg.log_interval == 0 or step == cfg.max_steps):
+                dt = time.time() - t0
+                steps_done = (step - 1) % cfg.log_interval + 1
+                record = {"step": step, "loss": loss_sum, "bpb": loss_sum / math.log(2),
+                          "lr": scheduler.get_last_lr()[0], "ms_per_step": 1000 * dt / steps_done,
+                          "bytes_per_s": n_bytes / dt}
+                write_log(log, record)
+                print(f"step {step:5d} | loss {loss_sum:.4f} | bpb {record['bpb']:.3f} | "
+                      f"lr {record['lr']:.2e} | {record['ms_per_step']:.0f} ms/step | "
+                      f"{record['bytes_per_s']:,.0f} bytes/s", flush=True)
+                t0, n_bytes = time.time(), 0
+            evaluating = step % cfg.eval_interval == 0 or step == cfg.max_steps
+            if evaluating and master:
+                result = run_eval()
+            stopping = any_rank(stop.received is not None, world)
+            if evaluating or stopping or step % cfg.save_interval == 0:
+                checkpoint()
+                t0 = time.time()  # evaluation and saving are not training time
+            if stopping:
+                if master:
+                    print(f"stopped at step {step}; checkpoint {run.ckpt_path}. Continue with: "
+                          f"python train.py --resume --out_dir {cfg.out_dir}", file=sys.stderr)
+                sys.exit(128 + stop.received if stop.received else 1)
+    finally:
+        stop.restore()
+    if master and result is None:  # nothing left to train (resumed at max_steps)
         result = run_eval()
-    if "content_bpb" in result:
-        base = baselines(eval_ds)
-        log.write(json.dumps({"step": step, "baselines": base}) + "\n")
-        saving = 1 - result["content_bpb"] / base["lzma"]
-        print(f"held-out content: model {result['content_bpb']:.3f} bits/byte | gzip -9 {base['gzip']:.3f} | "
-              f"bz2 {base['bz2']:.3f} | lzma {base['lzma']:.3f} | {abs(100 * saving):.0f}% {'fewer' if saving >= 0 else 'more'} bits than lzma")
-        result = {**result, **{f"{k}_bpb": v for k, v in base.items()}}
-    log.close()
-    print(f"checkpoint: {ckpt_path}")
+    if master and result and "content_bpb" in result:
+        result = {**result, **compare_with_baselines(result, run, log, step)}
+    if master:
+        log.close()
+        print(f"checkpoint: {run.ckpt_path}")
+    if world > 1:
+        dist.destroy_process_group()
     return result
+
+
+def compare_with_baselines(result, run, log, step):
+    """The compressors on exactly the bytes the model was scored on: the best of those that code
+    each file alone, and the best of those that learn from the training split as the model did."""
+    base = data.baselines(training_contents(run.train_ds), scored_contents(run.eval_ds))
+    write_log(log, {"step": step, "baselines": base})
+    model_bpb = result["content_bpb"]
+    parts = [f"model {model_bpb:.3f}"]
+    for kind in ("classic", "learned"):
+        best = base[f"best_{kind}"]
+        name = next(k for k, v in base.items() if v == best and not k.startswith("best_"))
+        ratio = model_bpb / best if best else float("inf")  # (a codec can take 0 bytes)
+        parts.append(f"best {kind}: {name} {best:.3f} (the model needs {ratio:.2f}x its bits)")
+    print("held-out content bits/byte: " + " | ".join(parts))
+    return {f"{k}_bpb": v for k, v in base.items()}
+
+
+def open_log(out_dir, step, resumed):
+    """log.jsonl: a new run starts a new log; a resumed run keeps the records up to its
+    checkpoint's step (those after it were written by steps that are now done again)."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, "log.jsonl")
+    kept = []
+    if resumed and os.path.exists(path):
+        for line in open(path):
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by a kill
+                continue
+            if (record.get("step") or 0) <= step:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    log = open(path, "w")
+    log.writelines(kept)
+    return log
+
+
+def write_log(log, record):
+    log.write(json.dumps(record) + "\n")
+    log.flush()  # readable while training runs (a notebook may plot it)
 
 
 if __name__ == "__main__":
