@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 import bgpt
+from bench import generate_uncached  # the oracle: the released code's way, no KV caches
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTClassifier, BGPTConfig, sample
 
 TINY = dict(patch_size=4, max_patches=8, hidden_size=32, patch_layers=2, byte_layers=2, n_heads=4,
@@ -151,25 +152,6 @@ def never_end(model):
         bd.embed.weight[EOP] = 0.0
         bd.embed.weight[EOP, 0] = -10.0
     return model
-
-
-def generate_uncached(model, x, n, temperature=1.0, top_k=None, top_p=None, generator=None):
-    """The oracle for generate(): the released code's way, no KV caches, only forward() calls of
-    the two decoders. Every new patch re-runs the patch decoder over all whole patches so far;
-    every new byte re-runs the byte decoder over the feature and the bytes of its patch so far."""
-    P = model.config.patch_size
-    seq, done = x, torch.zeros(len(x), dtype=torch.bool)
-    with torch.no_grad():
-        for i in range(min(n, model.config.max_patches * P - x.size(1))):
-            B, n_full = seq.size(0), seq.size(1) // P
-            if i == 0 or seq.size(1) % P == 0:  # a patch starts: its feature
-                feature = model.patch_decoder(seq[:, :n_full * P].view(B, n_full, P))[:, -1]
-            logits = model.byte_decoder(feature, seq[:, n_full * P:])[:, -1]  # (B, V)
-            nxt = sample(logits, temperature, top_k, top_p, generator).masked_fill(done, EOP)
-            seq, done = torch.cat([seq, nxt[:, None]], 1), done | (nxt == EOP)
-            if done.all():
-                break
-    return seq[:, x.size(1):]
 
 
 def check_length(new, n):
