@@ -45,7 +45,7 @@ class BGPTConfig:
     patch_layers: int = doc(12, "GPT-2 blocks in the patch decoder")
     byte_layers: int = doc(3, "GPT-2 blocks in the byte decoder")
     n_heads: int = doc(12, "H, attention heads; head size D = C / H (768 / 12 = 64)")
-    dropout: float = doc(0.1, "after embeddings, on attention weights, on residuals (release: 0.1)")
+    dropout: float = doc(0.1, "after embeddings, on attention weights and residuals (release 0.1)")
     attention: str = doc("fused", "'fused': F.scaled_dot_product_attention; 'manual': written out")
     byte_patches: int = doc(0, "patch sampling: the byte decoder trains on this many patches of a "
                                "batch (0 = all)")

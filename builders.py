@@ -105,7 +105,7 @@ def _write_dataset(root, name, splits, limit, rng, labelled=False):
 # height, 1 plane, 24 bits, no compression). Each row is padded to a multiple of 4 bytes; a
 # 32-pixel row is 96 bytes, so the paper's 32x32 images have no padding: 54 + 3072 = 3126 bytes.
 BMP_HEADER_BYTES = 14 + 40
-BMP_PIXELS_PER_METRE = 3780  # 96 dpi, what Pillow writes, so our files equal Pillow's byte for byte
+BMP_PIXELS_PER_METRE = 3780  # 96 dpi, what Pillow writes: our files equal Pillow's byte for byte
 BMP_HEADER = struct.Struct("<2sIHHI IiiHHIIiiII")  # file header, then info header (little-endian)
 
 
@@ -260,7 +260,8 @@ def build_fortune_languages(root=DEFAULT_ROOT, seed=0, limit=None, languages=FOR
     for language in languages:
         folder = FORTUNE_DIR if language == "en" else FORTUNE_DIR / language
         if not folder.is_dir():
-            raise RuntimeError(f"{folder} not found: apt-get install {FORTUNE_LANGUAGES[language]}")
+            package = FORTUNE_LANGUAGES[language]
+            raise RuntimeError(f"{folder} not found: apt-get install {package}")
         files = [f for f in sorted(folder.iterdir()) if f.is_file() and not f.is_symlink()
                  and f.suffix not in (".dat", ".u8") and f.name not in SKIP_FORTUNE_FILES]
         texts[language] = [t for f in files for t in _fortunes(f, language)

@@ -114,7 +114,8 @@ def list_files(root, exts=None):
             if name.startswith(".") or (exts is not None and file_ext(path) not in exts):
                 continue
             if not path.is_file():  # a link to nothing, or links that point at each other
-                raise ValueError(f"data folder {root}: {path} is not a regular file (a broken or looping link?)")
+                raise ValueError(f"data folder {root}: {path} is not a regular file "
+                                 "(a broken or looping link?)")
             if not os.access(path, os.R_OK):
                 raise ValueError(f"data folder {root}: cannot read {path} (permission denied)")
             files.append(path)
@@ -142,7 +143,8 @@ def conversion_pairs(files, spec):
     pairs = [(exts[a], exts[b]) for a, b in parse_convert(spec) for exts in by_stem.values()
              if a in exts and b in exts]
     if not pairs:
-        raise FileNotFoundError(f"no file pairs for {spec!r} (paired files share a name, e.g. x.abc and x.mid)")
+        raise FileNotFoundError(f"no file pairs for {spec!r} "
+                                "(paired files share a name, e.g. x.abc and x.mid)")
     return pairs
 
 
@@ -366,7 +368,8 @@ def stdlib_files(eval_fraction=0.05):
     into (train, eval) by a hash of the path relative to the stdlib folder: the split is the same
     on every machine with the same Python, and independent of file order."""
     root = Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in sorted(root.rglob("*.py")) if "site-packages" not in p.parts and p.stat().st_size > 0]
+    files = [p for p in sorted(root.rglob("*.py"))
+             if "site-packages" not in p.parts and p.stat().st_size > 0]
     train, held_out = [], []
     for p in files:
         h = int(hashlib.sha1(p.relative_to(root).as_posix().encode()).hexdigest()[:8], 16)

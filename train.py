@@ -1,7 +1,8 @@
 """
-Train a bGPT model (arXiv:2402.19155) on a folder of files: generation, conversion or classification.
+Train a bGPT model (arXiv:2402.19155) on a folder of files: generation, conversion or
+classification.
 
-    python train.py                                 # the stdlib of this Python, ~8 min on 2 CPU cores
+    python train.py                                 # this Python's stdlib, minutes on 2 CPU cores
     python train.py --train_dir data/text/train --eval_dir data/text/test --max_patches 512
     python train.py --train_dir data/music/train --convert "abc->mid"
     python train.py --train_dir data/digits/train --classify --init_from out/ckpt.pt
@@ -23,6 +24,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
@@ -43,9 +45,9 @@ from data import ByteDataset, collate, conversion_pairs, file_ext, list_files, p
 @dataclass
 class TrainConfig:
     # data and mode
-    train_dir: str = doc("", "folder of training files ('' = the .py files of this Python's stdlib)")
-    eval_dir: str = doc("", "folder of held-out files ('' = every k-th training file, see eval_fraction)")
-    eval_fraction: float = doc(0.05, "held-out share of the training files when there is no eval_dir")
+    train_dir: str = doc("", "folder of training files ('' = this Python's stdlib .py files)")
+    eval_dir: str = doc("", "folder of held-out files ('' = every k-th training file)")
+    eval_fraction: float = doc(0.05, "held-out share of the training files without eval_dir")
     convert: str = doc("", "conversion: 'abc->mid' trains one way, 'abc&mid' both ways")
     classify: bool = doc(False, "classification: the label is the file name before the first '_'")
     loss_skip_bytes: int = doc(0, "content bytes at the start of every file left out of the loss, "
@@ -76,7 +78,7 @@ class TrainConfig:
     # machine
     seed: int = doc(0, "seeds the initialisation, the data order, the crops and dropout")
     device: str = doc("auto", "auto = cuda, then mps, then cpu")
-    compile: bool = doc(False, "torch.compile the model (faster steps on a GPU after a slow first)")
+    compile: bool = doc(False, "torch.compile the model (faster GPU steps after a slow first)")
 
 
 # 128 patches x 16 bytes = 2 KiB of context, 2.0M parameters. The byte decoder runs on every byte
@@ -100,7 +102,7 @@ def parse_args(argv=None):
         for f in fields(cls):
             default = DEFAULT_MODEL.get(f.name, f.default) if cls is BGPTConfig else f.default
             kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
-            flag = dict(nargs="?", const=True) if kind is _bool else {}  # "--classify" alone = true
+            flag = dict(nargs="?", const=True) if kind is _bool else {}  # "--classify" = true
             group.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
                                metavar=type(f.default).__name__, **flag,
                                help=f"{f.metadata.get('help', '')} (default: {default})")
@@ -174,7 +176,7 @@ def load_checkpoint(path, what):
         fail(f"{what}: no such file: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign, or carrying code: say which file, not torch's trace
+    except Exception as e:  # truncated, foreign or carrying code: name the file, not torch's trace
         reason = "it holds more than tensors and plain values" if "weights_only" in str(e) \
             else "truncated or not a checkpoint"
         fail(f"{what}: {path} is not a readable checkpoint ({reason})")
@@ -262,7 +264,7 @@ def load_data(cfg, mcfg):
         train_files = list_files(cfg.train_dir, exts)
         if cfg.eval_dir:
             eval_files = list_files(cfg.eval_dir, exts)
-        else:  # every k-th name, a fixed choice that keeps conversion pairs (x.abc, x.mid) together
+        else:  # every k-th name: a fixed choice that keeps pairs (x.abc, x.mid) together
             k = max(2, round(1 / cfg.eval_fraction))
             held = set(sorted({f.with_suffix("") for f in train_files})[::k])
             eval_files = [f for f in train_files if f.with_suffix("") in held]
@@ -500,8 +502,10 @@ class StopSignal:
     every --save_interval steps are there for it."""
 
     def __init__(self):
-        self.received = None
-        self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.received, self.previous = None, {}
+        if threading.current_thread() is threading.main_thread():  # (only there can it listen)
+            self.previous = {s: signal.signal(s, self.handle) for s in (signal.SIGINT,
+                                                                        signal.SIGTERM)}
 
     def handle(self, signum, frame):
         if self.received is None:
@@ -534,7 +538,7 @@ def setup(argv=None):
                                                   if hasattr(cfg, k)}})
         model_fields = {**saved["model"], **{k: model_fields[k] for k in given
                                              if k in model_fields}}
-        cfg.init_from = ""  # the weights come from the checkpoint
+        cfg.init_from, cfg.overwrite = "", False  # the weights come from the checkpoint
         check_config(cfg)
     elif os.path.exists(ckpt_path) and not cfg.overwrite:
         fail(f"{ckpt_path} already holds a run: pass --resume to continue it or --overwrite "
@@ -622,7 +626,8 @@ def train(argv=None):
     def run_eval():
         result = evaluate(model, run.eval_ds, device, cfg)
         write_log(log, {"step": step, "eval": result})
-        print(f"step {step:5d} | held-out " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+        figures = " | ".join(f"{k} {v:.4f}" for k, v in result.items())
+        print(f"step {step:5d} | held-out {figures}")
         return result
 
     stop = StopSignal()

@@ -20,7 +20,7 @@ from nbclient.exceptions import CellExecutionError
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-CELL_TIMEOUT = 600  # seconds per cell; a smoke-mode notebook should take well under 2 minutes in all
+CELL_TIMEOUT = 600  # seconds per cell; a smoke-mode notebook takes well under 2 minutes in all
 
 
 def run_notebook(nb, cwd):
@@ -29,7 +29,8 @@ def run_notebook(nb, cwd):
     The kernel is ipykernel's built-in "python3" spec, whose command is this interpreter
     (sys.executable): kernel_dirs=[] makes jupyter_client ignore any kernel.json installed
     for the user or system-wide, which could point at another Python without torch."""
-    km = KernelManager(kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[]))
+    specs = KernelSpecManager(kernel_dirs=[])
+    km = KernelManager(kernel_name="python3", kernel_spec_manager=specs)
     client = NotebookClient(nb, km=km, timeout=CELL_TIMEOUT, startup_timeout=120,
                             resources={"metadata": {"path": str(cwd)}})
     return client.execute()
@@ -45,7 +46,8 @@ def listing(folder):
 
 def test_kernel_runs_in_this_environment(tmp_path):
     """The notebooks see the packages pytest sees (same sys.prefix: the same venv)."""
-    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sys; print(sys.prefix)")])
+    cell = nbformat.v4.new_code_cell("import sys; print(sys.prefix)")
+    nb = nbformat.v4.new_notebook(cells=[cell])
     out = run_notebook(nb, tmp_path).cells[0].outputs[0]["text"].strip()
     assert out == sys.prefix
 
@@ -67,11 +69,11 @@ def test_notebook_runs_in_smoke_mode(path, monkeypatch, tmp_path):
     error = None
     try:
         run_notebook(nb, NOTEBOOK_DIR)  # cwd notebooks/, as when a reader opens the notebook
-    except CellExecutionError as e:  # the cell's source and traceback, without the terminal colours
+    except CellExecutionError as e:  # the cell's source and traceback, without terminal colours
         error = re.sub(r"\x1b\[[0-9;]*m", "", str(e))
     if error:  # outside except: no chained traceback
         pytest.fail(f"{path.name} failed in smoke mode:\n{error}", pytrace=False)
     for d, seen in before.items():
         now = listing(REPO / d)
-        changed = sorted((seen or set()) ^ (now or set()))[:5]  # (path, size, mtime) before or after
+        changed = sorted((seen or set()) ^ (now or set()))[:5]  # (path, size, mtime), either side
         assert now == seen, f"the smoke run wrote into the checkout's {d}/: {changed}"
