@@ -3,7 +3,6 @@ a non-finite loss, a full disk, checkpoints that carry code, and a sweep of bad 
 
 import errno
 import hashlib
-import json
 import os
 import random
 import signal
