@@ -36,11 +36,11 @@ import subprocess
 import sys
 import textwrap
 import time
-from contextlib import nullcontext
 
 import torch
 
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTConfig, sample
+from train import autocast, compile_decoders
 
 # The two configs of the issue. steps/warmup/gen_repeats are defaults that the flags override.
 CONFIGS = {
@@ -100,10 +100,6 @@ def peak_memory(device):
         return torch.cuda.max_memory_allocated()
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux, bytes on macOS
     return peak if sys.platform == "darwin" else peak * 1024
-
-
-def autocast(device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,13 +216,14 @@ def bench_train(name, args, device):
     torch.manual_seed(0)
     model = BGPT(cfg).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
-    step_model = torch.compile(model) if args.compile else model
+    if args.compile:
+        compile_decoders(model)  # as train.py --compile does
     T = cfg.max_patches * cfg.patch_size
     x = torch.randint(0, VOCAB_SIZE, (B, T), device=device)  # (B, T)
 
     def step():
         with autocast(device):
-            _, loss = step_model(x)
+            _, loss = model(x)
         loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
