@@ -1,23 +1,16 @@
 """
-bGPT: a byte-level GPT that reads any file as raw bytes.
+bGPT: a byte-level GPT that reads any file as raw bytes (Wu et al., "Beyond Language Models: Byte
+Models are Digital World Simulators", arXiv:2402.19155).
 
-Wu et al., "Beyond Language Models: Byte Models are Digital World Simulators", arXiv:2402.19155.
+A file becomes ids 0..256 (bytes plus the end-of-patch id EOP, see data.py) cut into patches of
+P = 16. The PatchDecoder sees one position per patch and turns patches 0..i into a feature that
+predicts patch i+1; the ByteDecoder restarts at every patch and predicts the patch's 16 bytes
+from that feature, one at a time. So a context of N = 512 patches covers 8 KiB while the big
+decoder attends over only 512 positions. This file holds the model and nothing else (torch only).
 
-A file becomes a sequence of ids 0..256 (bytes plus one special id, see data.py) cut into
-patches of P = 16 ids. Two GPT-2 style decoders share the work:
-
-  PatchDecoder  sees one position per patch (a 16-byte patch embedded as one vector) and turns
-                the patches 0..i into a feature that predicts patch i+1;
-  ByteDecoder   is a small decoder that restarts at every patch: from that feature it predicts
-                the patch's 16 bytes one at a time.
-
-So a context of N = 512 patches covers 8 KiB while the big decoder attends over only 512
-positions. This file holds the model and nothing else; it needs torch alone.
-
-Shape letters used in comments throughout:
-  B batch, N patches, P bytes per patch, T = N*P ids, C hidden width, V = 257 vocabulary,
-  H heads, D = C/H head size, M = rows handed to the byte decoder (one per predicted patch),
-  L positions in the current call, S positions attended to (with a KV cache: cached + L).
+Shapes in comments: B batch, N patches, P bytes per patch, T = N*P ids, C hidden width, V = 257
+ids, H heads, D = C/H head size, M rows handed to the byte decoder (one per predicted patch),
+L positions in the current call, S positions attended to (with a KV cache: cached + L).
 """
 
 import math
@@ -69,14 +62,11 @@ class BGPTConfig:
 
 
 class KVCache:
-    """Keys and values of the positions one attention layer has already seen.
-
-    Generation adds one position per call: a byte to the byte decoder, a whole patch to the
-    patch decoder. Without a cache each call recomputes keys and values for its whole prefix (the
-    released code does: every new patch re-runs the patch decoder over all patches so far, every
-    new byte re-runs the byte decoder over its patch so far). With one, a call computes q, k, v
-    for its new positions only and attends over the stored keys too. The buffer is allocated
-    once, in the dtype the layer produces (bf16 under autocast), and reused after reset()."""
+    """Keys and values of the positions one attention layer has already seen. Generation adds one
+    position per call (a byte to the byte decoder, a patch to the patch decoder); with a cache a
+    call computes q, k, v for its new positions only and attends over the stored ones too, where
+    the released code re-runs each decoder over its whole prefix. The buffer is allocated once,
+    in the dtype the layer produces (bf16 under autocast), and reused after reset()."""
 
     def __init__(self, max_len):
         self.max_len = max_len
@@ -189,10 +179,9 @@ class Transformer(nn.Module):
         start = caches[0].len if caches else 0  # absolute position of the first new input
         # Rows start .. start+L-1 of the position table, as a view: no ids to build and look up.
         x = self.drop(x + self.pos_emb.weight[start:start + x.size(1)])  # (B, L, C) + (L, C)
-        # Activation checkpointing trades compute for memory: autograd keeps only each block's
-        # input and runs the block's forward again in the backward pass (one more forward: a
-        # third more FLOPs). The RNG state is saved and restored, so the dropout masks, and so the
-        # gradients, are the ones of the plain path. Only for training: caches mean generation.
+        # Activation checkpointing keeps only each block's input and runs the block again in the
+        # backward pass (a third more FLOPs, much less memory). The RNG state is restored, so the
+        # dropout masks and the gradients are the plain path's. Training only (caches: generation).
         recompute = (self.checkpoint and self.training and caches is None
                      and torch.is_grad_enabled())
         for i, block in enumerate(self.blocks):
