@@ -675,13 +675,16 @@ def train(argv=None):
             if master and (step % cfg.log_interval == 0 or step == cfg.max_steps):
                 dt = time.time() - t0
                 steps_done = (step - 1) % cfg.log_interval + 1
-                record = {"step": step, "loss": loss_sum, "bpb": loss_sum / math.log(2),
-                          "lr": scheduler.get_last_lr()[0], "ms_per_step": 1000 * dt / steps_done,
-                          "bytes_per_s": n_bytes / dt}
+                record = {"step": step, "loss": loss_sum}
+                if not cfg.classify:  # bits per byte: a code length of bytes, not of labels
+                    record["bpb"] = loss_sum / math.log(2)
+                record.update(lr=scheduler.get_last_lr()[0], ms_per_step=1000 * dt / steps_done,
+                              bytes_per_s=n_bytes / dt)
                 write_log(log, record)
-                print(f"step {step:5d} | loss {loss_sum:.4f} | bpb {record['bpb']:.3f} | "
-                      f"lr {record['lr']:.2e} | {record['ms_per_step']:.0f} ms/step | "
-                      f"{record['bytes_per_s']:,.0f} bytes/s", flush=True)
+                bpb = f"bpb {record['bpb']:.3f} | " if "bpb" in record else ""
+                print(f"step {step:5d} | loss {loss_sum:.4f} | {bpb}lr {record['lr']:.2e} | "
+                      f"{record['ms_per_step']:.0f} ms/step | {record['bytes_per_s']:,.0f} bytes/s",
+                      flush=True)
                 t0, n_bytes = time.time(), 0
             evaluating = step % cfg.eval_interval == 0 or step == cfg.max_steps
             if evaluating and master:

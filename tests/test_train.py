@@ -170,6 +170,9 @@ def test_classification_learns_a_separable_toy_set(tmp_path):
     assert result["accuracy"] == 1.0
     ckpt = load(clf / "ckpt.pt")
     assert ckpt["data"]["classes"] == ["a", "b"]
+    # Its log holds the label loss; bits per byte belong to byte models only.
+    records = [json.loads(line) for line in open(clf / "log.jsonl")]
+    assert any("loss" in r for r in records) and not any("bpb" in r for r in records)
     gen_sd = load(gen / "ckpt.pt")["model"]
     assert not torch.equal(gen_sd["patch_decoder.embed.weight"],
                            ckpt["model"]["patch_decoder.embed.weight"])  # it was trained on
