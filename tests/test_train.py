@@ -1,6 +1,7 @@
 """train.py end to end on tiny models: the command line, the three modes, checkpoints from
 --init_from, gradient accumulation, exact resume."""
 
+import io
 import json
 import os
 import subprocess
@@ -214,17 +215,25 @@ def test_init_from_a_patch_size_4_checkpoint(tmp_path, long_dir):
     assert config["patch_size"] == 4 and config["max_patches"] == 40
 
 
-def test_autocast_bf16_on_cpu_tracks_fp32():
-    """The CUDA path's bf16 autocast, run on a CPU: the same loss to bf16 precision."""
+@pytest.mark.parametrize("native_bf16", [False, True])
+def test_autocast_bf16_where_the_cpu_has_it(monkeypatch, native_bf16):
+    """train.autocast computes in bf16 on a CPU that lists avx512_bf16 or amx_bf16, in fp32 on
+    one that does not; the bf16 loss tracks the fp32 one to bf16 precision."""
+    flags = "fpu sse2 avx2" + (" avx512f avx512_bf16" if native_bf16 else "")
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(f"flags\t: {flags}\n")
+                        if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+    assert train.cpu_has_bf16() is native_bf16
     torch.manual_seed(0)
     model = BGPT(train.BGPTConfig(max_patches=8, hidden_size=64, n_heads=2, patch_layers=2,
                                   byte_layers=1, dropout=0.0))
     x = torch.randint(0, 257, (2, 8 * 16))
     _, fp32 = model(x)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        logits, bf16 = model(x)
-    assert logits.dtype == torch.bfloat16 and bf16.dtype == torch.float32
-    assert bf16.item() == pytest.approx(fp32.item(), rel=2e-2)
+    with train.autocast(torch.device("cpu")):
+        logits, loss = model(x)
+    assert logits.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
+    assert loss.dtype == torch.float32
+    assert loss.item() == pytest.approx(fp32.item(), rel=2e-2 if native_bf16 else 1e-6)
 
 
 def test_compile_on_cpu_gives_the_eager_losses(tmp_path, long_dir):
