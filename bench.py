@@ -2,7 +2,7 @@
 Speed and memory of bgpt.py (bGPT, arXiv:2402.19155): training steps and generation, for a tiny
 config and the paper's, with the machine's own matmul rate and copy bandwidth as yardsticks.
 
-    python bench.py                         # tiny and paper configs: ~3 min on 2 CPU cores
+    python bench.py                         # tiny and paper configs: ~4 min on 2 CPU cores
     python bench.py --configs tiny          # under a minute
     python bench.py --json bench.json       # also write the raw figures
     python bench.py --quick                 # one training step and a few bytes of tiny (the test)
