@@ -164,6 +164,7 @@ def pick_device(name="auto"):
     return torch.device("cpu")
 
 
+@functools.cache  # read once: autocast() asks at every training step
 def cpu_has_bf16():
     """Whether this CPU multiplies bf16 matrices natively (x86 AVX512-BF16 or AMX-BF16, as Linux
     lists them). Elsewhere torch emulates bf16 on a CPU, slower than fp32."""

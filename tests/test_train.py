@@ -216,13 +216,15 @@ def test_init_from_a_patch_size_4_checkpoint(tmp_path, long_dir):
 
 
 @pytest.mark.parametrize("native_bf16", [False, True])
-def test_autocast_bf16_where_the_cpu_has_it(monkeypatch, native_bf16):
+def test_autocast_bf16_where_the_cpu_has_it(monkeypatch, request, native_bf16):
     """train.autocast computes in bf16 on a CPU that lists avx512_bf16 or amx_bf16, in fp32 on
     one that does not; the bf16 loss tracks the fp32 one to bf16 precision."""
     flags = "fpu sse2 avx2" + (" avx512f avx512_bf16" if native_bf16 else "")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(f"flags\t: {flags}\n")
                         if path == "/proc/cpuinfo" else real_open(path, *a, **k))
+    train.cpu_has_bf16.cache_clear()  # the answer is cached: read the mocked file, then forget it
+    request.addfinalizer(train.cpu_has_bf16.cache_clear)
     assert train.cpu_has_bf16() is native_bf16
     torch.manual_seed(0)
     model = BGPT(train.BGPTConfig(max_patches=8, hidden_size=64, n_heads=2, patch_layers=2,
