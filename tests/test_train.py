@@ -90,6 +90,20 @@ def test_resume_is_exact(tmp_path, text_dir):
     assert a_log == {k: b_log[k] for k in a_log}  # the resumed log goes on where it stopped
 
 
+def test_a_finished_run_scores_on_another_folder(tmp_path, text_dir, long_dir):
+    """--resume at max_steps trains nothing: it evaluates the checkpoint on the --eval_dir given
+    now, beside the baselines on those bytes, and leaves the checkpoint as it was."""
+    out = tmp_path / "out"
+    first = train.train(["--train_dir", str(text_dir), "--out_dir", str(out), "--max_steps", "3",
+                         *TINY])
+    before = (out / "ckpt.pt").read_bytes()
+    other = train.train(["--resume", "--out_dir", str(out), "--eval_dir", str(long_dir)])
+    assert (out / "ckpt.pt").read_bytes() == before
+    assert other["content_bpb"] != first["content_bpb"] and "ppmd_bpb" in other
+    again = train.train(["--resume", "--out_dir", str(out), "--eval_dir", str(long_dir)])
+    assert again["content_bpb"] == other["content_bpb"]
+
+
 def test_grad_accum_equals_one_big_batch(tmp_path, long_dir):
     """2 micro-batches of 4 give the gradients of one batch of 8: the same losses step by step."""
     common = ["--train_dir", str(long_dir), *TINY, "--max_steps", "4", "--log_interval", "1",
