@@ -60,7 +60,7 @@ class TrainConfig:
     # batch and schedule
     batch_size: int = doc(8, "sequences per micro-batch of one process")
     grad_accum: int = doc(1, "micro-batches per optimizer step (the loss is averaged over them)")
-    max_steps: int = doc(1400, "optimizer steps")
+    max_steps: int = doc(1000, "optimizer steps")
     lr: float = doc(2e-3, "peak learning rate")
     min_lr: float = doc(1e-4, "learning rate at the end of the cosine decay")
     warmup_steps: int = doc(50, "linear warm-up from 0 to lr, in steps")
@@ -73,7 +73,7 @@ class TrainConfig:
     eval_interval: int = doc(500, "evaluate (and save a checkpoint) every this many steps")
     eval_max_files: int = doc(200, "evaluate on at most this many held-out files (0 = all)")
     log_interval: int = doc(50, "one log line every this many steps")
-    save_interval: int = doc(600, "save a checkpoint every this many steps (about 4 minutes "
+    save_interval: int = doc(600, "save a checkpoint every this many steps (4 to 5 minutes "
                                   "of the default run on 2 CPU cores)")
     # machine
     seed: int = doc(0, "seeds the initialisation, the data order, the crops and dropout")
