@@ -78,6 +78,8 @@ class TrainConfig:
     # machine
     seed: int = doc(0, "seeds the initialisation, the data order, the crops and dropout")
     device: str = doc("auto", "auto = cuda, then mps, then cpu")
+    dtype: str = doc("auto", "compute dtype under autocast: float32, bfloat16, or auto = bfloat16 "
+                             "on CUDA and on CPUs with native bf16, float32 elsewhere")
     compile: bool = doc(False, "torch.compile both transformers (faster steps after a slow first)")
 
 
@@ -138,6 +140,8 @@ def check_config(cfg):
         fail("--resume continues the run in --out_dir and --overwrite replaces it: pick one")
     if cfg.classify and cfg.convert:
         fail("--classify and --convert are two different modes: pick one")
+    if cfg.dtype not in DTYPES:
+        fail(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -176,15 +180,23 @@ def cpu_has_bf16():
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
-def uses_bf16(device):
-    """CUDA and CPUs with native bf16 compute under bf16 autocast; other devices in fp32."""
+DTYPES = ("auto", "float32", "bfloat16")  # --dtype's choices
+
+
+def uses_bf16(device, dtype="auto"):
+    """Whether a step computes in bf16: as --dtype says, or for "auto" on CUDA and on CPUs with
+    native bf16 (other devices would emulate it, slower than fp32)."""
+    if dtype != "auto":
+        return dtype == "bfloat16"
     return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
 
 
-def autocast(device):
-    """bf16 autocast where the hardware has bf16 matmuls (CUDA's tensor cores, AVX512-BF16 and
-    AMX CPUs): matmuls in bf16, weights and optimizer state stay fp32. fp32 elsewhere."""
-    return torch.autocast(device.type, dtype=torch.bfloat16) if uses_bf16(device) else nullcontext()
+def autocast(device, dtype="auto"):
+    """bf16 autocast when uses_bf16 says so: matmuls in bf16, weights and optimizer state stay
+    fp32. A plain fp32 context otherwise."""
+    if uses_bf16(device, dtype):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def compile_decoders(model):
@@ -443,7 +455,7 @@ def evaluate(model, dataset, device, cfg):
     for start in range(0, len(dataset), cfg.batch_size):
         batch = [dataset[i] for i in range(start, min(start + cfg.batch_size, len(dataset)))]
         x, mask, labels = (t.to(device) for t in collate(batch, P))
-        with autocast(device):
+        with autocast(device, cfg.dtype):
             logits, _ = model(x, mask)
         if isinstance(model, BGPTClassifier):
             sums["correct"] += int((logits.argmax(-1) == labels).sum())
@@ -672,7 +684,8 @@ def train(argv=None):
                 # DDP averages gradients across ranks in backward; between micro-steps of one
                 # optimizer step that would be wasted traffic, so only the last one syncs.
                 last = micro == cfg.grad_accum - 1
-                with (nullcontext() if world == 1 or last else fwd.no_sync()), autocast(device):
+                with (nullcontext() if world == 1 or last else fwd.no_sync()), \
+                        autocast(device, cfg.dtype):
                     _, loss = fwd(x, mask, labels) if cfg.classify else fwd(x, mask)
                 # Each micro-batch's loss is a mean; dividing by grad_accum makes the summed
                 # gradients those of the mean over the step's whole batch.
