@@ -38,6 +38,14 @@ import zstandard
 from bgpt import EOP  # 256: the end-of-patch id, defined once beside the model that reads it
 
 
+def fail(message):
+    """A clear one-line error and exit code 2 (as argparse does for a bad flag). Every script
+    reports bad input through it; it lives here because data.py imports no other script."""
+    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "bgpt"
+    print(f"{script}: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoding and decoding
 
@@ -383,7 +391,6 @@ def stdlib_files(eval_fraction=0.05):
 
 def main(argv=None):
     import cpu  # numpy and tqdm, needed by this command only
-    from train import fail  # here, not at the top: train.py imports this file
 
     parser = argparse.ArgumentParser(prog="data.py", description="bGPT data tools.")
     commands = parser.add_subparsers(dest="command", required=True)

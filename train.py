@@ -35,8 +35,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig, doc, official_config
 import data
-from data import ByteDataset, collate, conversion_pairs, file_ext, list_files, parse_convert, \
-    stdlib_files
+from data import ByteDataset, collate, conversion_pairs, fail, file_ext, list_files, \
+    parse_convert, stdlib_files
 
 # ---------------------------------------------------------------------------------------------
 # Config. The defaults train a small model on the stdlib in under 10 minutes on a 2-core CPU.
@@ -145,14 +145,7 @@ def check_config(cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# One place each for: the one-line error, the device and autocast, reading a checkpoint
-
-
-def fail(message):
-    """A clear one-line error and exit code 2 (as argparse does for a bad flag)."""
-    script = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0].endswith(".py") else "bgpt"
-    print(f"{script}: error: {message}", file=sys.stderr)
-    sys.exit(2)
+# One place each for: the device and autocast, reading a checkpoint
 
 
 def pick_device(name="auto"):

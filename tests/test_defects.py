@@ -79,3 +79,15 @@ def test_dtype_float32_pins_training_and_evaluation(tmp_path, words_dir, monkeyp
 def test_dtype_must_be_one_of_three(tmp_path):
     r = run("train.py", "--dtype", "float16", "--out_dir", str(tmp_path / "o"))
     assert r.returncode == 2 and "--dtype" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# The one-line error without an import circle
+
+
+def test_data_imports_no_script_and_fail_lives_there():
+    """data.py holds fail(); importing it loads neither train.py nor sample.py."""
+    code = ("import sys, data; assert 'train' not in sys.modules and 'sample' not in sys.modules;"
+            " import train; assert train.fail is data.fail")
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
