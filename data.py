@@ -389,7 +389,8 @@ def stdlib_files(eval_fraction=0.05):
 # Command line
 
 
-def main(argv=None):
+def build_parser():
+    """data.py's commands and flags (a test parses every documented command through it)."""
     import cpu  # numpy and tqdm, needed by this command only
 
     parser = argparse.ArgumentParser(prog="data.py", description="bGPT data tools.")
@@ -413,7 +414,13 @@ def main(argv=None):
     show.add_argument("--patch_size", type=int, default=16, help="bytes per patch")
     for p in (parser, c, show):
         p.error = fail  # a bad flag gets one line and exit code 2, without the usage block
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None):
+    import cpu
+
+    args = build_parser().parse_args(argv)
 
     if args.command == "cpu":
         if args.count < 1:

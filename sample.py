@@ -356,7 +356,8 @@ def print_simulation(r):
 # Command line
 
 
-def main(argv=None):
+def build_parser():
+    """sample.py's flags (a test parses every documented command through it)."""
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", default="out/ckpt.pt",
@@ -388,7 +389,11 @@ def main(argv=None):
                    help="print at most this much of each sample")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.error = fail  # a bad flag gets one line and exit code 2, without the usage block
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
 
     # Every check that needs no model comes first: a typo costs no checkpoint load.
     if args.temperature < 0:
