@@ -10,6 +10,7 @@ import torch.nn.functional as F
 import bgpt
 from bench import generate_uncached  # the oracle: the released code's way, no KV caches
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTClassifier, BGPTConfig, sample
+from conftest import official_state_dict
 
 TINY = dict(patch_size=4, max_patches=8, hidden_size=32, patch_layers=2, byte_layers=2, n_heads=4,
             dropout=0.0)
@@ -289,32 +290,6 @@ def test_bad_input_errors():
 # Released checkpoints: a state dict in the released layout and an independent implementation of
 # the released architecture straight from that layout (Conv1D (in, out) weights, a one-hot
 # Linear patch embedding, a 17-position byte decoder fed [feature, b0..b15]).
-
-
-def official_state_dict(C=32, P=4, N=8, patch_layers=2, byte_layers=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r = lambda *shape: torch.randn(*shape, generator=g) * 0.1  # noqa: E731
-    sd = {"patch_level_decoder.patch_embedding.weight": r(C, P * VOCAB_SIZE),
-          "patch_level_decoder.patch_embedding.bias": r(C),
-          "patch_level_decoder.base.wte.weight": r(1, C),
-          "patch_level_decoder.base.wpe.weight": r(N, C),
-          "byte_level_decoder.base.transformer.wte.weight": r(VOCAB_SIZE, C),
-          "byte_level_decoder.base.transformer.wpe.weight": r(P + 1, C)}
-    for prefix, n in [("patch_level_decoder.base.", patch_layers),
-                      ("byte_level_decoder.base.transformer.", byte_layers)]:
-        for i in range(n):
-            h = f"{prefix}h.{i}."
-            for ln in ("ln_1", "ln_2"):
-                sd[h + ln + ".weight"], sd[h + ln + ".bias"] = 1 + r(C), r(C)
-            for name, shape in [("attn.c_attn", (C, 3 * C)), ("attn.c_proj", (C, C)),
-                                ("mlp.c_fc", (C, 4 * C)), ("mlp.c_proj", (4 * C, C))]:
-                sd[h + name + ".weight"], sd[h + name + ".bias"] = r(*shape), r(shape[1])
-            sd[h + "attn.bias"] = torch.ones(1, 1, 64, 64).tril()  # old HF causal-mask buffers
-            sd[h + "attn.masked_bias"] = torch.tensor(-1e4)
-        sd[prefix + "ln_f.weight"], sd[prefix + "ln_f.bias"] = 1 + r(C), r(C)
-    wte = sd["byte_level_decoder.base.transformer.wte.weight"]
-    sd["byte_level_decoder.base.lm_head.weight"] = wte
-    return sd
 
 
 def reference_gpt2(sd, prefix, h, n_layers, n_heads):

@@ -3,36 +3,13 @@
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 import train
 from bgpt import BGPT, convert_official
-from tests.test_bgpt import official_state_dict
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--hidden_size", "32", "--n_heads", "2", "--patch_layers", "1", "--byte_layers", "1",
-        "--max_patches", "16", "--batch_size", "2", "--warmup_steps", "2", "--log_interval", "2",
-        "--eval_interval", "3"]
-
-
-def run(script, *args, env=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
-
-
-def losses(out_dir, by_step=False):
-    records = [r for r in map(json.loads, open(os.path.join(out_dir, "log.jsonl"))) if "loss" in r]
-    return [(r["step"], r["loss"]) if by_step else r["loss"] for r in records]
-
-
-def load(path):
-    return torch.load(path, map_location="cpu", weights_only=True)
+from conftest import TINY, load, losses, official_state_dict, run
 
 
 @pytest.fixture
