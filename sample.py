@@ -3,10 +3,11 @@ Use a trained bGPT model (arXiv:2402.19155): generate, continue, convert, classi
 
     python sample.py                                       # new files from out/ckpt.pt
     python sample.py --ext txt --num_samples 4 --top_p 0.9  # new files of a type
-    python sample.py --prompt some_file.py                  # continue a file (of any length)
-    python sample.py --convert data/music/test --to mid     # x.mid for each x.abc (etc.) there
+    python sample.py --prompt FILE                          # continue a file (of any length)
+    python sample.py --convert data/abc-midi/test --to mid  # x.mid for each x.abc (etc.) there
     python sample.py --classify data/digits/test            # label files (classifier checkpoint)
-    python sample.py --simulate data/cpu/test               # run CPU traces, score against rules
+    python data.py cpu --out data/cpu --count 1000          # CPU traces in the release's format
+    python sample.py --simulate data/cpu/test               # run them, score against rules
     python sample.py --ckpt official:weights-text.pth       # any of the released checkpoints
 
 Outputs go to --out_dir; the script prints what it wrote and how many bytes per second it made.
