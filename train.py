@@ -288,24 +288,32 @@ def any_rank(flag, world):
 # Data
 
 
-def load_data(cfg, mcfg):
+def load_data(cfg, mcfg, hold_out=None):
     """Returns (train, held-out) ByteDatasets for the chosen mode, encoded with the model's
-    patch_size and context (from --init_from's checkpoint when there is one)."""
+    patch_size and context (from --init_from's checkpoint when there is one). The held-out files
+    are --eval_dir's when it is given, else every k-th training file (hold_out: whether the
+    training files lose those; a resumed run keeps its first choice, so a new --eval_dir changes
+    what is scored, never what is trained on)."""
     exts = {e for pair in parse_convert(cfg.convert) for e in pair} if cfg.convert else None
-    if cfg.train_dir:
-        train_files = list_files(cfg.train_dir, exts)
-        if cfg.eval_dir:
-            eval_files = list_files(cfg.eval_dir, exts)
-        else:  # every k-th name: a fixed choice that keeps pairs (x.abc, x.mid) together
-            k = max(2, round(1 / cfg.eval_fraction))
-            held = set(sorted({f.with_suffix("") for f in train_files})[::k])
-            eval_files = [f for f in train_files if f.with_suffix("") in held]
-            train_files = [f for f in train_files if f.with_suffix("") not in held]
-            if not train_files or not eval_files:
-                raise ValueError(f"{cfg.train_dir}: too few files to hold some out "
-                                 "(give --eval_dir)")
-    else:
+    hold_out = not cfg.eval_dir if hold_out is None else hold_out
+    if not cfg.train_dir:  # the stdlib's own split: the same files on every machine
         train_files, eval_files = stdlib_files(cfg.eval_fraction)
+    elif hold_out:  # every k-th name: a fixed choice that keeps pairs (x.abc, x.mid) together
+        files = list_files(cfg.train_dir, exts)
+        k = max(2, round(1 / cfg.eval_fraction))
+        held = set(sorted({f.with_suffix("") for f in files})[::k])
+        eval_files = [f for f in files if f.with_suffix("") in held]
+        train_files = [f for f in files if f.with_suffix("") not in held]
+        if not train_files or not eval_files:
+            raise ValueError(f"{cfg.train_dir}: too few files to hold some out "
+                             "(give --eval_dir)")
+    else:
+        train_files, eval_files = list_files(cfg.train_dir, exts), []
+    if cfg.eval_dir:
+        eval_files = list_files(cfg.eval_dir, exts)
+    elif not eval_files:
+        raise ValueError(f"--eval_dir: the run trained on every file of {cfg.train_dir}; "
+                         "name a folder to score")
     if cfg.convert:
         train_src = conversion_pairs(train_files, cfg.convert)
         eval_src = conversion_pairs(eval_files, cfg.convert)
@@ -586,7 +594,8 @@ def setup(argv=None):
     state = init_state(cfg)
     try:
         mcfg = model_config(model_fields, state, given)
-        train_ds, eval_ds = load_data(cfg, mcfg)  # encoded for the model, patch_size included
+        hold_out = not resumed["config"]["train"]["eval_dir"] if resumed else None
+        train_ds, eval_ds = load_data(cfg, mcfg, hold_out)  # encoded for the model's patch_size
     except (OSError, ValueError) as e:
         fail(_first_line(e))
     if cfg.loss_skip_bytes % mcfg.patch_size:

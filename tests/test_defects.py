@@ -91,3 +91,47 @@ def test_data_imports_no_script_and_fail_lives_there():
             " import train; assert train.fail is data.fail")
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# --eval_dir is honoured wherever it is given
+
+
+@pytest.fixture
+def random_dir(tmp_path):
+    """Files of random bytes: no codec gets far under 8 bits per byte on them."""
+    d = tmp_path / "random"
+    d.mkdir()
+    g = torch.Generator().manual_seed(1)
+    for i in range(3):
+        (d / f"r{i}.bin").write_bytes(bytes(torch.randint(0, 256, (300,), generator=g).tolist()))
+    return d
+
+
+def test_eval_dir_without_train_dir_scores_that_folder(random_dir):
+    """A run on the default stdlib data with --eval_dir scores --eval_dir's files."""
+    cfg = train.TrainConfig(eval_dir=str(random_dir))
+    mcfg = train.BGPTConfig(max_patches=16, hidden_size=32, n_heads=2)
+    train_ds, held = train.load_data(cfg, mcfg)
+    assert sorted(p.name for p in held.sources) == ["r0.bin", "r1.bin", "r2.bin"]
+    default_train, _ = train.load_data(train.TrainConfig(), mcfg)
+    assert train_ds.sources == default_train.sources  # the stdlib's training split, unchanged
+
+
+def test_resume_with_a_new_eval_dir_scores_it_and_trains_on_the_same_files(tmp_path, words_dir,
+                                                                          random_dir):
+    out = tmp_path / "out"
+    common = [*TINY, "--dtype", "float32"]
+    train.train(["--train_dir", str(words_dir), "--out_dir", str(out), "--max_steps", "2",
+                 *common])
+    result = train.train(["--resume", "--out_dir", str(out), "--eval_dir", str(random_dir)])
+    assert result["best_classic_bpb"] > 7.5  # the baselines scored random bytes
+    # A run that held files out keeps training on the same files when resumed with a folder.
+    cfg = train.TrainConfig(train_dir=str(words_dir), eval_dir=str(random_dir))
+    mcfg = train.BGPTConfig(max_patches=16, hidden_size=32, n_heads=2)
+    resumed, _ = train.load_data(cfg, mcfg, hold_out=True)
+    first, _ = train.load_data(train.TrainConfig(train_dir=str(words_dir)), mcfg)
+    assert resumed.sources == first.sources
+    # A run that held nothing out has no held-out files of its own to fall back on.
+    with pytest.raises(ValueError, match="--eval_dir"):
+        train.load_data(train.TrainConfig(train_dir=str(words_dir)), mcfg, hold_out=False)
