@@ -92,6 +92,16 @@ DEFAULT_MODEL = dict(max_patches=128, hidden_size=128, patch_layers=6, byte_laye
                      dropout=0.0)
 ARCHITECTURE = ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers",
                 "n_heads")  # what a checkpoint fixes; the other model fields may change
+# What --resume may change. The checkpoint fixes the architecture, the data and how it is read
+# (which files, the held-out split, the crops' seed, the skipped prefix) and the mode: giving one
+# of those with another value is an error. The rest applies from the resumed step on (a new lr
+# or betas reach the optimizer's parameter groups; the schedule is recomputed from the step).
+RESUME_FIXED = ARCHITECTURE + ("train_dir", "eval_fraction", "seed", "loss_skip_bytes",
+                               "convert", "classify")
+RESUME_FREE = ("lr", "min_lr", "beta1", "beta2", "weight_decay", "grad_clip",  # optimizer
+               "warmup_steps", "lr_decay_steps", "max_steps", "batch_size", "grad_accum",
+               "eval_interval", "eval_max_files", "log_interval", "save_interval", "eval_dir",
+               "dtype", "device", "compile", "dropout", "attention", "byte_patches", "checkpoint")
 
 
 def parse_args(argv=None):
@@ -399,6 +409,27 @@ def check_architecture(mcfg, model_fields, given, flag):
                  f"{model_fields[k]}")
 
 
+def resume_config(saved, cfg, model_fields, given):
+    """The resumed run's (TrainConfig, model fields, changes): the checkpoint's configs with the
+    flags given now. A RESUME_FIXED flag with a new value is an error; changes maps each
+    RESUME_FREE flag with a new value to (saved, now)."""
+    was, now = {**saved["train"], **saved["model"]}, {**asdict(cfg), **model_fields}
+    for k in sorted(given & set(RESUME_FIXED)):
+        if k in was and now[k] != was[k]:
+            fail(f"--resume: the run's {k} is {was[k]!r}; --{k} cannot change on resume "
+                 "(drop it, or start a new run with --init_from)")
+    if "init_from" in given:
+        fail("--resume: the weights come from the checkpoint; drop --init_from")
+    changes = {k: (was.get(k), now[k]) for k in sorted(given & set(RESUME_FREE))
+               if was.get(k) != now[k]}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    merged = {**{k: v for k, v in saved["train"].items() if k in train_fields},
+              **{k: now[k] for k in given if k in train_fields},
+              "out_dir": cfg.out_dir, "resume": True, "init_from": "", "overwrite": False}
+    model = {**saved["model"], **{k: now[k] for k in given if k in model_fields}}
+    return TrainConfig(**merged), model, changes
+
+
 def build_model(cfg, mcfg, state, n_classes):
     """A new model for mcfg, with --init_from's weights when there are some."""
     model = BGPTClassifier(mcfg, n_classes) if cfg.classify else BGPT(mcfg)
@@ -426,6 +457,22 @@ def make_optimizer(model, cfg):
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+
+
+def set_hyperparameters(optimizer, cfg):
+    """The optimizer's settings from cfg (a resumed optimizer's state carries the saved ones)."""
+    for group in optimizer.param_groups:
+        group["betas"] = (cfg.beta1, cfg.beta2)
+    optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # the matrices' group
+
+
+def set_lr(optimizer, step, cfg):
+    """The learning rate of optimizer step number `step` (0-based), set in every group. The
+    step alone decides it, so a resumed run needs no schedule state and takes a new --lr."""
+    lr = cfg.lr * lr_factor(step, cfg)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
 
 
 def lr_factor(step, cfg):
@@ -565,20 +612,14 @@ def setup(argv=None):
     cfg, model_fields, given = parse_args(argv)
     check_config(cfg)
     ckpt_path = os.path.join(cfg.out_dir, "ckpt.pt")
-    resumed = None
+    resumed, changes = None, {}
     if cfg.resume:
         if not os.path.isfile(ckpt_path):
             fail(f"--resume: no checkpoint at {ckpt_path}")
         resumed = load_checkpoint(ckpt_path, "--resume")
         if not is_ours(resumed) or "optimizer" not in resumed:
             fail(f"--resume: {ckpt_path} is not a training checkpoint of this project")
-        saved = resumed["config"]
-        check_architecture(BGPTConfig(**saved["model"]), model_fields, given, "--resume")
-        cfg = TrainConfig(**{**saved["train"], **{k: getattr(cfg, k) for k in given
-                                                  if hasattr(cfg, k)}})
-        model_fields = {**saved["model"], **{k: model_fields[k] for k in given
-                                             if k in model_fields}}
-        cfg.init_from, cfg.overwrite = "", False  # the weights come from the checkpoint
+        cfg, model_fields, changes = resume_config(resumed["config"], cfg, model_fields, given)
         check_config(cfg)
     elif os.path.exists(ckpt_path) and not cfg.overwrite:
         fail(f"{ckpt_path} already holds a run: pass --resume to continue it or --overwrite "
@@ -608,7 +649,6 @@ def setup(argv=None):
              f"({_first_line(e)})")
     model.to(device)
     optimizer = make_optimizer(model, cfg)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg))
     step = 0
     if resumed:
         try:
@@ -616,7 +656,7 @@ def setup(argv=None):
             optimizer.load_state_dict(resumed["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             fail(f"--resume: {ckpt_path} does not fit this model ({_first_line(e)})")
-        scheduler.load_state_dict(resumed["scheduler"])
+        set_hyperparameters(optimizer, cfg)  # the state loaded the saved ones; flags win
         step = resumed["step"]
         rngs = resumed["rng"]
         set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
@@ -624,7 +664,7 @@ def setup(argv=None):
     # What sample.py needs to know about the data: the class names and the usual extension.
     last = [s[-1] if isinstance(s, tuple) else s for s in train_ds.sources]
     ext = collections.Counter(file_ext(s) for s in last).most_common(1)[0][0]
-    run = dict(cfg=cfg, mcfg=mcfg, model=model, optimizer=optimizer, scheduler=scheduler,
+    run = dict(cfg=cfg, mcfg=mcfg, model=model, optimizer=optimizer, changes=changes,
                step=step, train_ds=train_ds, eval_ds=eval_ds, device=device, rank=rank,
                world=world, ckpt_path=ckpt_path, resumed=resumed is not None,
                data_info={"classes": train_ds.classes, "ext": ext})
@@ -638,7 +678,7 @@ def setup(argv=None):
 def train(argv=None):
     """Train as the command line says; returns the last evaluation (and the baselines)."""
     run = setup(argv)
-    cfg, model, optimizer, scheduler = run.cfg, run.model, run.optimizer, run.scheduler
+    cfg, model, optimizer = run.cfg, run.model, run.optimizer
     rank, world, device, step = run.rank, run.world, run.device, run.step
     master = rank == 0  # only rank 0 prints, evaluates and writes files
     P = run.mcfg.patch_size
@@ -656,12 +696,15 @@ def train(argv=None):
         print(f"{mode}: {len(run.train_ds)} train / {len(run.eval_ds)} held-out sequences, "
               f"{n_params:.2f}M parameters, context {run.mcfg.max_patches} patches x {P} bytes, "
               f"global batch {cfg.batch_size} x {cfg.grad_accum} x {world} processes, {device}")
+        if run.changes:
+            print(f"resumed at step {step} with " + ", ".join(
+                f"{k} {now} (was {was})" for k, (was, now) in run.changes.items()))
 
     def checkpoint():
         rngs = gather_rng_states(world)  # every rank takes part; rank 0 writes
         if master:
             save_checkpoint(run.ckpt_path, model=model.state_dict(), step=step,
-                            optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                            optimizer=optimizer.state_dict(),
                             config=config, rng=rngs, data=run.data_info)
         if world > 1:
             dist.barrier()
@@ -700,8 +743,8 @@ def train(argv=None):
                      f"({run.ckpt_path}) is kept. Try a lower --lr")
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            lr = set_lr(optimizer, step, cfg)
             optimizer.step()
-            scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
 
@@ -711,7 +754,7 @@ def train(argv=None):
                 record = {"step": step, "loss": loss_sum}
                 if not cfg.classify:  # bits per byte: a code length of bytes, not of labels
                     record["bpb"] = loss_sum / math.log(2)
-                record.update(lr=scheduler.get_last_lr()[0], ms_per_step=1000 * dt / steps_done,
+                record.update(lr=lr, ms_per_step=1000 * dt / steps_done,
                               bytes_per_s=n_bytes / dt)
                 write_log(log, record)
                 bpb = f"bpb {record['bpb']:.3f} | " if "bpb" in record else ""

@@ -135,3 +135,46 @@ def test_resume_with_a_new_eval_dir_scores_it_and_trains_on_the_same_files(tmp_p
     # A run that held nothing out has no held-out files of its own to fall back on.
     with pytest.raises(ValueError, match="--eval_dir"):
         train.load_data(train.TrainConfig(train_dir=str(words_dir)), mcfg, hold_out=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# --resume with new flags: applied and said, or refused
+
+
+def test_every_flag_is_listed_as_fixed_or_free_on_resume():
+    names = [f.name for cls in (train.TrainConfig, train.BGPTConfig) for f in
+             train.fields(cls)]
+    control = {"out_dir", "resume", "overwrite", "init_from", "preset"}
+    for name in names:
+        listed = [name in train.RESUME_FIXED, name in train.RESUME_FREE, name in control]
+        assert sum(listed) == 1, name
+
+
+def test_resume_applies_new_optimizer_flags_and_says_so(tmp_path, words_dir, capsys):
+    out = tmp_path / "out"
+    train.train(["--train_dir", str(words_dir), "--out_dir", str(out), "--max_steps", "4",
+                 *TINY, "--dtype", "float32", "--lr", "2e-3", "--warmup_steps", "1"])
+    capsys.readouterr()
+    train.train(["--resume", "--out_dir", str(out), "--max_steps", "8", "--lr", "1e-5",
+                 "--min_lr", "1e-6", "--beta2", "0.99", "--weight_decay", "0.01"])
+    said = capsys.readouterr().out
+    assert "lr 1e-05 (was 0.002)" in said and "beta2 0.99 (was 0.95)" in said
+    lrs = [r["lr"] for r in records(out) if "lr" in r and r["step"] > 4]
+    assert lrs and max(lrs) <= 1e-5 and min(lrs) >= 1e-6
+    state = torch.load(out / "ckpt.pt", weights_only=True)
+    groups = state["optimizer"]["param_groups"]
+    assert [g["betas"] for g in groups] == [(0.9, 0.99)] * 2 or \
+        [list(g["betas"]) for g in groups] == [[0.9, 0.99]] * 2
+    assert [g["weight_decay"] for g in groups] == [0.01, 0.0]
+    assert state["config"]["train"]["lr"] == 1e-5
+
+
+def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, words_dir, capsys):
+    out = tmp_path / "out"
+    train.train(["--train_dir", str(words_dir), "--out_dir", str(out), "--max_steps", "2",
+                 *TINY, "--dtype", "float32"])
+    for flag in [["--seed", "1"], ["--loss_skip_bytes", "16"], ["--eval_fraction", "0.5"],
+                 ["--classify"], ["--hidden_size", "64"], ["--init_from", str(out / "ckpt.pt")]]:
+        with pytest.raises(SystemExit) as e:
+            train.train(["--resume", "--out_dir", str(out), *flag])
+        assert e.value.code == 2 and flag[0] in capsys.readouterr().err, flag
