@@ -150,6 +150,8 @@ def check_config(cfg):
         fail("--resume continues the run in --out_dir and --overwrite replaces it: pick one")
     if cfg.classify and cfg.convert:
         fail("--classify and --convert are two different modes: pick one")
+    if cfg.classify and cfg.loss_skip_bytes:  # a label has no bytes to leave out of its loss
+        fail("--loss_skip_bytes leaves bytes out of the byte loss; --classify has none")
     if cfg.dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
 

@@ -178,3 +178,13 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, words_dir, capsys):
         with pytest.raises(SystemExit) as e:
             train.train(["--resume", "--out_dir", str(out), *flag])
         assert e.value.code == 2 and flag[0] in capsys.readouterr().err, flag
+
+
+# ---------------------------------------------------------------------------------------------
+# Classification and --loss_skip_bytes: refused (training would pool other patches than
+# evaluation and sample.classify)
+
+
+def test_classify_with_loss_skip_bytes_is_refused(tmp_path):
+    r = run("train.py", "--classify", "--loss_skip_bytes", "16", "--out_dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and "--loss_skip_bytes" in r.stderr and "Traceback" not in r.stderr
