@@ -1,10 +1,11 @@
 """Every command the documentation shows works as written, as far as can be checked without
 running it: each `python train.py ...`, `python sample.py ...`, `python data.py ...` and
-`python bench.py ...` in README.md, RESULTS.md and the scripts' docstrings (torchrun's train.py
-included) goes through that script's own argument parser (every flag exists, every value parses),
-and every data path it reads is one that something writes: a builder (builders.py), a notebook's
-split of a builder's folder, the default run (the quick start's `python train.py` writes out/),
-the one-command download of a released checkpoint, or an earlier command of the same block.
+`python bench.py ...` in README.md, RESULTS.md and the module docstrings of the top-level .py
+files (torchrun's train.py included) goes through that script's own argument parser (every flag
+exists, every value parses), and every data path it reads is one that something writes: a builder
+(builders.py), a notebook's split of a builder's folder, the default run (the quick start's
+`python train.py` writes out/), the one-command download of a released checkpoint, or an earlier
+command of the same block.
 
 A capitalised placeholder (CKPT, DIR, IN, OUT, FILE) or a shell variable skips the path check, and
 only it. A trailing `...` means "and more flags" and is dropped. Commands are read, never run.
@@ -25,7 +26,7 @@ import train
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ["README.md", "RESULTS.md"]
-DOCSTRINGS = ["train.py", "sample.py", "data.py", "bench.py", "builders.py"]
+DOCSTRINGS = sorted(p.name for p in ROOT.glob("*.py"))  # train, sample, data, bench, builders, ...
 SCRIPTS = ("train.py", "sample.py", "data.py", "bench.py")
 
 # --- what exists without a command in the block -----------------------------------------------
@@ -133,7 +134,8 @@ def collect():
                 call = script_call(words)
                 if call:
                     earlier = [w for _, w in block[:i]]
-                    cases.append(pytest.param(*call, earlier, id=f"{name}:{line}: {shlex.join(words)}"))
+                    where = f"{name}:{line}: {shlex.join(words)}"
+                    cases.append(pytest.param(*call, earlier, id=where))
     return cases
 
 
@@ -235,7 +237,7 @@ def test_a_documented_command_parses_and_reads_what_exists(script, argv, earlier
 def test_commands_are_found():
     # The reader works: the quick start and each docstring's examples are seen.
     ids = [c.id for c in CASES]
-    for name in DOCSTRINGS[:4]:
+    for name in SCRIPTS:
         assert any(i.startswith(f"{name}:") for i in ids), name
     assert any(i.startswith("README.md:") and i.endswith(": python train.py") for i in ids)
 
