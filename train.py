@@ -727,6 +727,10 @@ def train(argv=None):
             for micro in range(cfg.grad_accum):
                 x, mask, labels = get_batch(run.train_ds, cfg, step * cfg.grad_accum + micro,
                                             rank, world)
+                if not cfg.classify and not mask[:, 1:].any():
+                    fail(f"step {step + 1}: an all-masked batch, no byte left to predict: "
+                         f"--loss_skip_bytes {cfg.loss_skip_bytes} leaves out every patch of "
+                         "its files (each must be longer than the skipped prefix)")
                 x, mask, labels = x.to(device), mask.to(device), labels.to(device)
                 # DDP averages gradients across ranks in backward; between micro-steps of one
                 # optimizer step that would be wasted traffic, so only the last one syncs.

@@ -188,3 +188,27 @@ def test_resume_refuses_what_the_checkpoint_fixes(tmp_path, words_dir, capsys):
 def test_classify_with_loss_skip_bytes_is_refused(tmp_path):
     r = run("train.py", "--classify", "--loss_skip_bytes", "16", "--out_dir", str(tmp_path / "o"))
     assert r.returncode == 2 and "--loss_skip_bytes" in r.stderr and "Traceback" not in r.stderr
+
+
+# ---------------------------------------------------------------------------------------------
+# An all-masked batch is named as such; the learning-rate hint only for a real non-finite loss
+
+
+def test_an_all_masked_batch_is_named_and_no_lr_is_blamed(tmp_path, capsys):
+    d = tmp_path / "short"
+    d.mkdir()
+    for i in range(6):
+        (d / f"s{i}.txt").write_bytes(b"abc" * (i + 1))  # all inside a 32-byte skipped prefix
+    with pytest.raises(SystemExit) as e:
+        train.train(["--train_dir", str(d), "--out_dir", str(tmp_path / "o"), *TINY,
+                     "--loss_skip_bytes", "32", "--max_steps", "2"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "all-masked batch" in err and "--lr" not in err
+
+
+def test_a_real_non_finite_loss_suggests_a_lower_lr(tmp_path, words_dir, capsys):
+    with pytest.raises(SystemExit) as e:  # a learning rate of 1e6 sends the weights to inf
+        train.train(["--train_dir", str(words_dir), "--out_dir", str(tmp_path / "o"), *TINY,
+                     "--lr", "1e6", "--warmup_steps", "0", "--grad_clip", "0",
+                     "--max_steps", "20", "--dtype", "float32"])
+    assert e.value.code == 2 and "--lr" in capsys.readouterr().err
