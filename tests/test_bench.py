@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch.nn as nn
 
 import bench
@@ -14,6 +15,7 @@ from bgpt import BGPT, VOCAB_SIZE, BGPTConfig
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_quick_run_prints_the_table_and_writes_the_figures(tmp_path):
     path = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, "bench.py", "--quick", "--json", str(path)], cwd=ROOT,

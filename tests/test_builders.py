@@ -187,6 +187,7 @@ def test_abc_midi_pairs_share_a_stem(tmp_path):
             assert mid.stat().st_size <= 2048 and abc.stat().st_size <= 2048
 
 
+@pytest.mark.slow
 def test_shakespeare_holds_out_whole_plays(tmp_path):
     # The notebooks' cache is read when a checkout has one; the test never writes into it.
     cached = Path(__file__).resolve().parents[1] / "data" / "_downloads"

@@ -33,6 +33,7 @@ def long_dir(tmp_path):
     return d
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_with_the_whole_batch(tmp_path, long_dir):
     """torchrun with 2 CPU processes (gloo) and --batch_size 4 takes the steps one process takes
     with --batch_size 8; only rank 0 writes the checkpoint and the log."""
@@ -56,6 +57,7 @@ def test_ddp_two_processes_equal_one_with_the_whole_batch(tmp_path, long_dir):
         assert torch.allclose(a["model"][k], b["model"][k], atol=1e-5), k
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path, long_dir):
     """Kill training with SIGKILL a dozen times, half of them while a checkpoint is being
     written, resuming after each: the newest checkpoint always loads, its step never goes back,
@@ -111,6 +113,7 @@ def test_sigkill_at_random_moments_then_resume_is_bit_exact(tmp_path, long_dir):
         assert torch.equal(a["model"][k], b["model"][k]), k
 
 
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(tmp_path, long_dir):
     out = tmp_path / "out"
     args = ["--train_dir", str(long_dir), *TINY, "--max_steps", "100000", "--log_interval", "1",
@@ -132,6 +135,7 @@ def test_ctrl_c_finishes_the_step_saves_and_says_how_to_resume(tmp_path, long_di
     assert load(out / "ckpt.pt")["step"] == step + 2
 
 
+@pytest.mark.slow
 def test_a_new_run_never_replaces_an_old_one(tmp_path, long_dir):
     out = tmp_path / "out"
     args = ["--train_dir", str(long_dir), *TINY, "--max_steps", "2", "--out_dir", str(out)]
@@ -195,6 +199,7 @@ class WritesAFile:
         return open, (self.path, "w")
 
 
+@pytest.mark.slow
 def test_checkpoints_that_carry_code_are_refused(tmp_path, long_dir):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil" / "ckpt.pt"
@@ -240,6 +245,7 @@ def make_inputs(tmp):
     return p
 
 
+@pytest.mark.slow
 def test_inputs_that_are_valid(tmp_path):
     """0-byte files, files far longer than the context and names that are not UTF-8 train."""
     p = make_inputs(tmp_path)
@@ -249,6 +255,7 @@ def test_inputs_that_are_valid(tmp_path):
         assert r.returncode == 0, (folder, r.stderr)
 
 
+@pytest.mark.slow
 def test_bad_input_sweep(tmp_path):
     p = make_inputs(tmp_path)
     ours = tmp_path / "ours"

@@ -20,6 +20,7 @@ from nbclient.exceptions import CellExecutionError
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = REPO / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
+pytestmark = pytest.mark.slow  # a notebook takes seconds to minutes even in smoke mode
 CELL_TIMEOUT = 600  # seconds per cell; a smoke-mode notebook takes well under 2 minutes in all
 
 

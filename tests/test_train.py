@@ -229,6 +229,7 @@ def test_autocast_bf16_where_the_cpu_has_it(monkeypatch, request, native_bf16):
     assert loss.item() == pytest.approx(fp32.item(), rel=2e-2 if native_bf16 else 1e-6)
 
 
+@pytest.mark.slow
 def test_compile_on_cpu_gives_the_eager_losses(tmp_path, long_dir):
     """--compile (the GPU default for speed) runs the same computation: checked on a CPU, each
     run in its own process, as a user starts it."""
