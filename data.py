@@ -46,6 +46,17 @@ def fail(message):
     sys.exit(2)
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help as the scripts want it: the docstring as written, and "(default: X)" after every
+    flag whose help does not state its default itself ("none" for an empty one)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        return f"{text} (default: {'none' if action.default in (None, '') else action.default})"
+
+
 # ---------------------------------------------------------------------------------------------
 # Encoding and decoding
 
@@ -393,9 +404,11 @@ def build_parser():
     """data.py's commands and flags (a test parses every documented command through it)."""
     import cpu  # numpy and tqdm, needed by this command only
 
-    parser = argparse.ArgumentParser(prog="data.py", description="bGPT data tools.")
+    parser = argparse.ArgumentParser(prog="data.py", description="bGPT data tools.",
+                                     formatter_class=HelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    c = commands.add_parser("cpu", help="write random CPU-state traces (the machine of cpu.py)")
+    c = commands.add_parser("cpu", help="write random CPU-state traces (the machine of cpu.py)",
+                            formatter_class=HelpFormatter)
     c.add_argument("--out", required=True, help="output folder; gets train/ and test/ inside")
     c.add_argument("--count", type=int, required=True, help="number of training traces")
     c.add_argument("--seed", type=int, default=0, help="random seed (same seed, same bytes)")
@@ -409,7 +422,7 @@ def build_parser():
                    help="fewest random instructions per program, before the final HLT")
     c.add_argument("--max_program", type=int, default=cpu.MAX_PROGRAM,
                    help="most random instructions per program, at most memory_size/4 - 1")
-    show = commands.add_parser("show", help="print a file's patches")
+    show = commands.add_parser("show", help="print a file's patches", formatter_class=HelpFormatter)
     show.add_argument("file", help="file to show")
     show.add_argument("--patch_size", type=int, default=16, help="bytes per patch")
     for p in (parser, c, show):

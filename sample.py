@@ -28,7 +28,8 @@ import torch
 
 import cpu
 from bgpt import EOP, BGPTClassifier
-from data import ByteDataset, collate, decode, encode, file_ext, label_of, list_files
+from data import ByteDataset, HelpFormatter, collate, decode, encode, file_ext, label_of, \
+    list_files
 from train import autocast, fail, load_model, pick_device
 
 # ---------------------------------------------------------------------------------------------
@@ -360,7 +361,7 @@ def print_simulation(r):
 def build_parser():
     """sample.py's flags (a test parses every documented command through it)."""
     p = argparse.ArgumentParser(description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--ckpt", default="out/ckpt.pt",
                    help="our checkpoint, or official:PATH for a released .pth")
     p.add_argument("--out_dir", default="samples", help="where generated and converted files go")
@@ -377,8 +378,9 @@ def build_parser():
                    help="CPU memory bytes of the traces")
     p.add_argument("--num_registers", type=int, default=cpu.NUM_REGISTERS,
                    help="CPU registers of the traces")
-    p.add_argument("--max_new_bytes", type=int, default=2048,
-                   help="stop a file after this many new bytes")
+    p.add_argument("--max_new_bytes", type=int, default=None,
+                   help="stop a file after this many new bytes (default: 2048 for new files, "
+                        "all the context holds for --convert)")
     p.add_argument("--temperature", type=float, default=1.0,
                    help="divide the logits by this (0 = greedy)")
     p.add_argument("--top_k", type=int, default=None,
@@ -442,7 +444,8 @@ def main(argv=None):
         else:
             sample_files(model, out_dir=args.out_dir, ext=args.ext or info.get("ext") or "txt",
                          num_samples=args.num_samples, prompt=args.prompt or None,
-                         max_new_bytes=args.max_new_bytes, show_chars=args.show_chars, **sampling)
+                         max_new_bytes=args.max_new_bytes or 2048, show_chars=args.show_chars,
+                         **sampling)
     except (FileNotFoundError, ValueError) as e:  # a file the task cannot use, named in e
         fail(str(e))
 

@@ -3,8 +3,8 @@ Train a bGPT model (arXiv:2402.19155) on a folder of files: generation, conversi
 classification.
 
     python train.py                                 # this Python's stdlib, minutes on 2 CPU cores
-    python train.py --train_dir data/text/train --eval_dir data/text/test --max_patches 512
-    python train.py --train_dir data/music/train --convert "abc->mid"
+    python train.py --train_dir data/shakespeare/train --eval_dir data/shakespeare/test
+    python train.py --train_dir data/abc-midi/train --convert "abc->mid"
     python train.py --train_dir data/digits/train --classify --init_from out/ckpt.pt
     python train.py --resume --out_dir out          # continue exactly where a run stopped
     python train.py --help                          # every option, with its meaning
@@ -45,17 +45,22 @@ from data import ByteDataset, collate, conversion_pairs, fail, file_ext, list_fi
 @dataclass
 class TrainConfig:
     # data and mode
-    train_dir: str = doc("", "folder of training files ('' = this Python's stdlib .py files)")
-    eval_dir: str = doc("", "folder of held-out files ('' = every k-th training file)")
-    eval_fraction: float = doc(0.05, "held-out share of the training files without eval_dir")
-    convert: str = doc("", "conversion: 'abc->mid' trains one way, 'abc&mid' both ways")
+    train_dir: str = doc("", "folder of training files (default: this Python's stdlib .py files)")
+    eval_dir: str = doc("", "folder of held-out files (default: every k-th training file, or "
+                            "the stdlib's own held-out split)")
+    eval_fraction: float = doc(0.05, "share of the training files held out when no eval_dir is "
+                                     "given")
+    convert: str = doc("", "conversion between paired files: 'abc->mid' trains one way, "
+                           "'abc&mid' both ways (default: none, generation)")
     classify: bool = doc(False, "classification: the label is the file name before the first '_'")
     loss_skip_bytes: int = doc(0, "content bytes at the start of every file left out of the loss, "
                                   "in whole patches (e.g. a CPU trace's memory and first state)")
     # where the run lives
     out_dir: str = doc("out", "where ckpt.pt and log.jsonl go")
-    init_from: str = doc("", "start from one of our checkpoints or a released .pth")
-    resume: bool = doc(False, "continue the run in out_dir exactly (flags given now override it)")
+    init_from: str = doc("", "start from one of our checkpoints or a released .pth (default: "
+                             "none, new weights)")
+    resume: bool = doc(False, "continue the run in out_dir exactly; optimizer, schedule, "
+                              "intervals, eval_dir, dtype, device and compile may be given anew")
     overwrite: bool = doc(False, "start a new run in an out_dir that holds one, replacing it")
     # batch and schedule
     batch_size: int = doc(8, "sequences per micro-batch of one process")
@@ -73,8 +78,7 @@ class TrainConfig:
     eval_interval: int = doc(500, "evaluate (and save a checkpoint) every this many steps")
     eval_max_files: int = doc(200, "evaluate on at most this many held-out files (0 = all)")
     log_interval: int = doc(50, "one log line every this many steps")
-    save_interval: int = doc(600, "save a checkpoint every this many steps (4 to 5 minutes "
-                                  "of the default run on 2 CPU cores)")
+    save_interval: int = doc(600, "also save a checkpoint every this many steps")
     # machine
     seed: int = doc(0, "seeds the initialisation, the data order, the crops and dropout")
     device: str = doc("auto", "auto = cuda, then mps, then cpu")
@@ -92,6 +96,10 @@ DEFAULT_MODEL = dict(max_patches=128, hidden_size=128, patch_layers=6, byte_laye
                      dropout=0.0)
 ARCHITECTURE = ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers",
                 "n_heads")  # what a checkpoint fixes; the other model fields may change
+MODEL_HELP = {  # bgpt.py's help speaks of the paper's config; here the defaults are the small ones
+    "max_patches": "context in patches, header included (max_patches x patch_size bytes)",
+    "n_heads": "H, attention heads; head size D = hidden_size / n_heads",
+    "dropout": "dropout after embeddings, on attention weights and residuals"}
 # What --resume may change. The checkpoint fixes the architecture, the data and how it is read
 # (which files, the held-out split, the crops' seed, the skipped prefix) and the mode: giving one
 # of those with another value is an error. The rest applies from the resumed step on (a new lr
@@ -117,12 +125,18 @@ def parse_args(argv=None):
             flag = dict(nargs="?", const=True) if kind is _bool else {}  # "--classify" = true
             group.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
                                metavar=type(f.default).__name__, **flag,
-                               help=f"{f.metadata.get('help', '')} (default: {default})")
+                               help=help_text(MODEL_HELP.get(f.name, f.metadata["help"]),
+                                              default))
     given = vars(parser.parse_args(argv))  # only the flags actually typed (defaults suppressed)
     train_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in given.items() if k in train_fields})
     model_fields = {**DEFAULT_MODEL, **{k: v for k, v in given.items() if k not in train_fields}}
     return cfg, model_fields, set(given)
+
+
+def help_text(text, default):
+    """A flag's help and its default (unless the text states it: "(default: ...)")."""
+    return text if "(default" in text else f"{text} (default: {default})"
 
 
 def _bool(s):

@@ -212,3 +212,32 @@ def test_a_real_non_finite_loss_suggests_a_lower_lr(tmp_path, words_dir, capsys)
                      "--lr", "1e6", "--warmup_steps", "0", "--grad_clip", "0",
                      "--max_steps", "20", "--dtype", "float32"])
     assert e.value.code == 2 and "--lr" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# --help: truthful defaults, describing the flag
+
+
+def help_of(parse, capsys):
+    with pytest.raises(SystemExit):
+        parse(["--help"])
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: join them
+
+
+def test_train_help_states_every_default_truthfully(capsys):
+    text = help_of(train.parse_args, capsys).split("options:")[1]  # the flags, not the docstring
+    assert "(default: )" not in text and "512 x 16" not in text and "768 / 12" not in text
+    assert "minutes" not in text and "(release" not in text
+    for f in [*train.fields(train.TrainConfig), *train.fields(train.BGPTConfig)]:
+        flag_help = text.split(f"--{f.name} ", 1)[1].split(" --", 1)[0]
+        assert "(default:" in flag_help, f.name
+    assert "--max_patches int context in patches" in text and "(default: 128)" in text
+
+
+def test_sample_help_shows_defaults_and_convert_agrees_with_the_function(capsys):
+    sample = pytest.importorskip("sample")
+    import inspect
+    text = help_of(sample.build_parser().parse_args, capsys)
+    assert "(default: 3)" in text and "(default: )" not in text and "(default: None)" not in text
+    parser_default = sample.build_parser().parse_args([]).max_new_bytes
+    assert parser_default == inspect.signature(sample.convert).parameters["max_new_bytes"].default
