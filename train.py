@@ -2,16 +2,20 @@
 Train a bGPT model (arXiv:2402.19155) on a folder of files: generation, conversion or
 classification.
 
-    python train.py                                 # this Python's stdlib, minutes on 2 CPU cores
-    python train.py --train_dir data/shakespeare/train --eval_dir data/shakespeare/test
-    python train.py --train_dir data/abc-midi/train --convert "abc->mid"
-    python train.py --train_dir data/digits/train --classify --init_from out/ckpt.pt
-    python train.py --resume --out_dir out          # continue exactly where a run stopped
+    python train.py                                 # a 1.97M-parameter model on the stdlib .py files
     python train.py --help                          # every option, with its meaning
-    torchrun --standalone --nproc_per_node 8 train.py ...   # one node, 8 GPUs (DDP)
+    python train.py --resume --out_dir out          # continue exactly where a run stopped
+    python builders.py shakespeare                  # (and abc-midi, digits: folders under data/)
+    python train.py --train_dir data/shakespeare/train --eval_dir data/shakespeare/test \
+        --out_dir out/text
+    python train.py --train_dir data/abc-midi/train --eval_dir data/abc-midi/test \
+        --convert "abc->mid" --out_dir out/music
+    python train.py --train_dir data/digits/train --eval_dir data/digits/test --classify \
+        --init_from out/ckpt.pt --out_dir out/digits
+    torchrun --standalone --nproc_per_node 8 train.py   # one node, 8 GPUs (DDP)
 
 Every field of TrainConfig and of bgpt.BGPTConfig is a --flag. The run writes, into --out_dir,
-ckpt.pt (model, optimizer, schedule, step, configs, RNG states; written atomically, every
+ckpt.pt (model, optimizer, step, configs, RNG states; written atomically, every
 --save_interval steps, at every evaluation and when stopped by Ctrl-C or SIGTERM) and log.jsonl
 (one JSON record per log line and per evaluation).
 """

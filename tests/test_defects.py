@@ -241,3 +241,15 @@ def test_sample_help_shows_defaults_and_convert_agrees_with_the_function(capsys)
     assert "(default: 3)" in text and "(default: )" not in text and "(default: None)" not in text
     parser_default = sample.build_parser().parse_args([]).max_new_bytes
     assert parser_default == inspect.signature(sample.convert).parameters["max_new_bytes"].default
+
+
+# ---------------------------------------------------------------------------------------------
+# Docstring commands name folders a builder writes
+
+
+def test_train_docstring_names_folders_that_builders_write():
+    import re
+    builders = pytest.importorskip("builders")
+    written = {f"data/{name}/{split}" for name in builders.BUILDERS for split in builders.SPLITS}
+    named = set(re.findall(r"data/[\w-]+/\w+", train.__doc__))
+    assert named and named <= written, named - written
