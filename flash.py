@@ -22,9 +22,13 @@ import torch
 import triton
 import triton.language as tl
 
-# Tile sizes on a GPU, for a query block (Br) and a key block (Bc); a call uses smaller ones when
-# L or S is short (the byte decoder's 16 positions: one 16 x 16 tile). Not tuned on a GPU yet.
-BLOCK_M, BLOCK_N = 64, 64
+# (Br, Bc, warps) of each kernel on a GPU, by head size (16 and 32 as 64): the largest tiles
+# tried that compile for an H100 (sm_90) with no register spills, bf16, with dropout and without
+# (cuobjdump -res-usage; tests/test_flash.py compiles them). Not yet timed on a GPU. A call takes
+# smaller tiles when L or S is short: the byte decoder's 16 positions are one 16 x 16 tile.
+TILES = {"forward": {64: (128, 64, 8), 128: (128, 64, 8)},
+         "dkdv": {64: (32, 64, 4), 128: (32, 32, 4)},
+         "dq": {64: (64, 64, 8), 128: (64, 32, 4)}}
 INTERPRET = triton.knobs.runtime.interpret  # kernels built for Triton's CPU interpreter
 GRID_Y_MAX = 65_535  # CUDA's limit on grid axes 1 and 2; axis 0 allows 2^31 - 1 programs
 GRID_X_MAX = 2 ** 31 - 1
@@ -259,10 +263,11 @@ def check(device, dtype):
                          "Python to run it (slowly) through Triton's interpreter")
 
 
-def blocks(L, S):
-    """(Br, Bc) for one call: BLOCK_M x BLOCK_N, smaller for short sequences (tl.dot needs 16)."""
-    return (min(BLOCK_M, max(16, triton.next_power_of_2(L))),
-            min(BLOCK_N, max(16, triton.next_power_of_2(S))))
+def tiles(kernel, L, S, D):
+    """(Br, Bc, warps) for one launch: TILES, cut down for short sequences (tl.dot needs 16)."""
+    Br, Bc, warps = TILES[kernel][max(D, 64)]
+    return (min(Br, max(16, triton.next_power_of_2(L))),
+            min(Bc, max(16, triton.next_power_of_2(S))), warps)
 
 
 def launch_grid(BH, n_blocks):
@@ -289,7 +294,7 @@ def _rows_contiguous(t):  # the kernels read each row's D numbers as one contigu
 def _forward(q, k, v, dropout_p, seed, count=False):
     B, H, L, D = q.shape
     S = k.size(2)
-    Br, Bc = blocks(L, S)
+    Br, Bc, warps = tiles("forward", L, S, D)
     o = q.new_empty(B, L, H, D).transpose(1, 2)  # (B, H, L, D) laid out as (B, L, H, D): the
     # caller's transpose(1, 2).reshape(B, L, C) is then free
     lse = q.new_empty(B * H, L, dtype=torch.float32)
@@ -297,24 +302,28 @@ def _forward(q, k, v, dropout_p, seed, count=False):
     visits = torch.zeros(grid, dtype=torch.int32, device=q.device) if count else lse
     _flash_forward[grid](q, k, v, o, lse, visits, *_strides(q, k, v, o), H, L, S,
                          1 / math.sqrt(D), dropout_p, seed, d=D, Br=Br, Bc=Bc,
-                         DROPOUT=dropout_p > 0, COUNT=count, PRECISION=_precision(q.dtype))
+                         DROPOUT=dropout_p > 0, COUNT=count, PRECISION=_precision(q.dtype),
+                         num_warps=warps)
     return (o, lse, visits) if count else (o, lse)
 
 
 def _backward(do, q, k, v, o, lse, dropout_p, seed):
     B, H, L, D = q.shape
     S = k.size(2)
-    Br, Bc = blocks(L, S)
     do = _rows_contiguous(do)
     delta = (do.float() * o.float()).sum(-1).view(B * H, L)  # Delta_i = rowsum(dO_i * O_i)
     dq = torch.empty_like(o)  # o's layout: (B, L, H, D) in memory
     dk, dv = k.new_empty(B, S, H, D).transpose(1, 2), v.new_empty(B, S, H, D).transpose(1, 2)
     args = (H, L, S, 1 / math.sqrt(D), dropout_p, seed)
-    meta = dict(d=D, Br=Br, Bc=Bc, DROPOUT=dropout_p > 0, PRECISION=_precision(q.dtype))
+    meta = dict(d=D, DROPOUT=dropout_p > 0, PRECISION=_precision(q.dtype))
+    Br, Bc, warps = tiles("dkdv", L, S, D)
     _flash_backward_dkdv[launch_grid(B * H, triton.cdiv(S, Bc))](
-        q, k, v, do, lse, delta, dk, dv, *_strides(q, k, v, do, dk), *args, **meta)
+        q, k, v, do, lse, delta, dk, dv, *_strides(q, k, v, do, dk), *args, Br=Br, Bc=Bc,
+        num_warps=warps, **meta)
+    Br, Bc, warps = tiles("dq", L, S, D)
     _flash_backward_dq[launch_grid(B * H, triton.cdiv(L, Br))](
-        q, k, v, do, lse, delta, dq, *_strides(q, k, v, do, dq), *args, **meta)
+        q, k, v, do, lse, delta, dq, *_strides(q, k, v, do, dq), *args, Br=Br, Bc=Bc,
+        num_warps=warps, **meta)
     return dq, dk, dv
 
 
