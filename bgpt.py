@@ -13,6 +13,7 @@ ids, H heads, D = C/H head size, M rows handed to the byte decoder (one per pred
 L positions in the current call, S positions attended to (with a KV cache: cached + L).
 """
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -23,6 +24,7 @@ import torch.utils.checkpoint
 
 EOP = 256  # end-of-patch id: pads a patch, fills the end patch; never a content byte
 VOCAB_SIZE = 257  # 256 byte values + EOP
+SDPA_MAX_BATCH = 65_535  # CUDA's fused SDPA kernels put the batch on a grid axis capped here
 
 
 def doc(default, help):
@@ -39,7 +41,8 @@ class BGPTConfig:
     byte_layers: int = doc(3, "GPT-2 blocks in the byte decoder")
     n_heads: int = doc(12, "H, attention heads; head size D = C / H (768 / 12 = 64)")
     dropout: float = doc(0.1, "after embeddings, on attention weights and residuals (release 0.1)")
-    attention: str = doc("fused", "'fused': F.scaled_dot_product_attention; 'manual': written out")
+    attention: str = doc("sdpa", "'sdpa': PyTorch's fused kernel; 'flash': ours, flash.py (Triton: "
+                                 "CUDA, or TRITON_INTERPRET=1); 'manual': written out")
     byte_patches: int = doc(0, "patch sampling: the byte decoder trains on this many patches of a "
                                "batch (0 = all)")
     checkpoint: bool = doc(False, "activation checkpointing: recompute each block in the backward "
@@ -53,8 +56,9 @@ class BGPTConfig:
         if self.hidden_size % self.n_heads:
             raise ValueError(f"hidden_size {self.hidden_size} is not divisible by "
                              f"n_heads {self.n_heads}")
-        if self.attention not in ("fused", "manual"):
-            raise ValueError(f"attention must be 'fused' or 'manual', not {self.attention!r}")
+        self.attention = {"fused": "sdpa"}.get(self.attention, self.attention)  # its old name
+        if self.attention not in ("sdpa", "flash", "manual"):
+            raise ValueError(f"attention must be sdpa, flash or manual, not {self.attention!r}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -96,7 +100,8 @@ def causal_mask(L, S, device):
 
 
 class CausalSelfAttention(nn.Module):
-    """Multi-head causal self-attention with one fused q/k/v projection (GPT-2's c_attn)."""
+    """Multi-head causal self-attention, one fused q/k/v projection (GPT-2's c_attn). Three equal
+    cores: 'sdpa' PyTorch's kernel, 'flash' ours (flash.py), 'manual' the (L, S) matrix in full."""
 
     def __init__(self, config):
         super().__init__()
@@ -106,7 +111,7 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(C, C)  # GPT-2's c_proj
         self.dropout = config.dropout
         self.resid_drop = nn.Dropout(config.dropout)
-        self.fused = config.attention == "fused"
+        self.attention = config.attention
 
     def forward(self, x, cache=None):  # x: (B, L, C)
         B, L, C = x.shape
@@ -116,15 +121,21 @@ class CausalSelfAttention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)  # (B, H, S, D): the cached positions, then these L
         S = k.size(2)
-        # Query i is position S - L + i and sees keys 0 .. S - L + i. No cache (L == S): the plain
-        # triangle, which is_causal=True builds in the kernel. One new position (L == 1) is the
-        # last one and sees every key: no mask. 1 < L < S: the shifted triangle, spelled out.
-        mask = causal_mask(L, S, x.device) if 1 < L < S else None
         p = self.dropout if self.training else 0.0
-        if self.fused:
-            # One call: on a GPU a flash kernel that never writes the (L, S) matrix to memory.
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p,
-                                               is_causal=L == S)
+        if self.attention == "flash":  # tiles, a running max and sum: nothing L x S in memory
+            from flash import flash_attention  # Triton, imported on this path only
+            y = flash_attention(q, k, v, p)  # (B, H, L, D); the diagonal's offset S - L inside
+        elif self.attention == "sdpa":
+            # Query i is position S - L + i and sees keys 0 .. S - L + i. No cache: the plain
+            # triangle, is_causal=True (a Python bool, not a traced L == S, for torch.compile).
+            # L == 1 sees every key: no mask. 1 < L < S: the shifted triangle, spelled out.
+            causal = cache is None or L == S
+            mask = None if causal or L == 1 else causal_mask(L, S, x.device)
+            sdpa = functools.partial(F.scaled_dot_product_attention, attn_mask=mask,
+                                     dropout_p=p, is_causal=causal)
+            n = SDPA_MAX_BATCH  # the byte decoder's M reaches it at batch 129 x 512 patches
+            y = sdpa(q, k, v) if B <= n else torch.cat(
+                [sdpa(q[i:i + n], k[i:i + n], v[i:i + n]) for i in range(0, B, n)])
         else:
             # The same computation written out: scores, causal mask, softmax, weighted values.
             att = (q @ k.transpose(-2, -1)) / math.sqrt(D)  # (B, H, L, D) @ (B, H, D, S)
