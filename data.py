@@ -8,12 +8,13 @@ A file of n bytes with extension "txt" becomes, with P = 16:
     [EOP EOP ... EOP]                  end patch
 
 EOP = 256 never occurs inside content, so decoding drops the header and stops at the first EOP.
-In order, this file holds: encoding and decoding (encode, decode, header_ext, file_ext); cropping
-a long file to the context (crop); the datasets for the paper's three uses (generation,
-conversion, classification) and their collate function; the baselines a model's bits per byte
-is compared with (classic codecs, each file alone, and codecs primed with the training split);
-the default dataset (this Python's own standard
-library); and the command line:
+In order, this file holds: the one-line error every script reports bad input with (fail);
+encoding and decoding (encode, decode, header_ext, file_ext); cropping a long file to the context
+(crop); the datasets for the paper's three uses (generation, conversion, classification), their
+collate function and the folders train.py reads (load_data); the order training reads them in
+(get_batch); the baselines a model's bits per byte is compared with (classic codecs, each file
+alone, and codecs primed with the training split); the default dataset (this Python's own
+standard library); and the command line:
 
     python data.py cpu --out data/cpu --count 1000     # write random CPU traces (cpu.py's machine)
     python data.py show FILE                            # print a file's patches
@@ -21,6 +22,7 @@ library); and the command line:
 
 import argparse
 import bz2
+import functools
 import hashlib
 import lzma
 import os
@@ -218,6 +220,90 @@ def collate(batch, patch_size=16):
     return x, mask, torch.tensor([label for _, label in batch])
 
 
+def load_data(cfg, mcfg, hold_out=None):
+    """(train, held-out) ByteDatasets for the mode of cfg (a train.TrainConfig), encoded with
+    the model's patch_size and context (mcfg, a BGPTConfig). The held-out files are --eval_dir's
+    when it is given, else every k-th training file (hold_out: whether the training files lose
+    those; a resumed run keeps its first choice, so a new --eval_dir changes what is scored,
+    never what is trained on)."""
+    exts = {e for pair in parse_convert(cfg.convert) for e in pair} if cfg.convert else None
+    hold_out = not cfg.eval_dir if hold_out is None else hold_out
+    if not cfg.train_dir:  # the stdlib's own split: the same files on every machine
+        train_files, eval_files = stdlib_files(cfg.eval_fraction)
+    elif hold_out:  # every k-th name: a fixed choice that keeps pairs (x.abc, x.mid) together
+        files = list_files(cfg.train_dir, exts)
+        k = max(2, round(1 / cfg.eval_fraction))
+        held = set(sorted({f.with_suffix("") for f in files})[::k])
+        eval_files = [f for f in files if f.with_suffix("") in held]
+        train_files = [f for f in files if f.with_suffix("") not in held]
+        if not train_files or not eval_files:
+            raise ValueError(f"{cfg.train_dir}: too few files to hold some out "
+                             "(give --eval_dir)")
+    else:
+        train_files, eval_files = list_files(cfg.train_dir, exts), []
+    if cfg.eval_dir:
+        eval_files = list_files(cfg.eval_dir, exts)
+    elif not eval_files:
+        raise ValueError(f"--eval_dir: the run trained on every file of {cfg.train_dir}; "
+                         "name a folder to score")
+    if cfg.convert:
+        train_src = conversion_pairs(train_files, cfg.convert)
+        eval_src = conversion_pairs(eval_files, cfg.convert)
+    else:
+        train_src, eval_src = train_files, eval_files
+    if cfg.eval_max_files and len(eval_src) > cfg.eval_max_files:
+        # evenly spaced: the files are sorted by label, so every label keeps some
+        eval_src = eval_src[::len(eval_src) // cfg.eval_max_files][:cfg.eval_max_files]
+    labels = True if cfg.classify else None
+    train = ByteDataset(train_src, mcfg.max_patches, mcfg.patch_size, crop_mode="random",
+                        labels=labels, seed=cfg.seed)
+    held_out = ByteDataset(eval_src, mcfg.max_patches, mcfg.patch_size, crop_mode="head",
+                           labels=train.classes)
+    if cfg.classify and len(train.classes) < 2:
+        raise ValueError(f"{cfg.train_dir}: classification needs at least 2 labels (the file "
+                         f"name before the first '_'), found {train.classes}")
+    return train, held_out
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches: the order training reads the items in, a pure function of the seed and the step
+
+
+def get_batch(dataset, cfg, micro_step, rank=0, world=1):
+    """This process's share of global micro-batch number `micro_step` (cfg: a train.TrainConfig,
+    for batch_size, seed and loss_skip_bytes). Returns ids (B, T), loss mask (B, N), labels (B,).
+
+    A global micro-batch is items micro_step * G .. + G - 1 of an endless stream, G =
+    batch_size x world; process r takes the r-th run of batch_size of them, so all processes
+    together read what one process with a G-sized batch would. The stream is a fresh permutation
+    per epoch and each item's crop is seeded by its place in the stream: a batch is a pure
+    function of (seed, micro_step), and a resumed run sees exactly the uninterrupted run's."""
+    B, G = cfg.batch_size, cfg.batch_size * world
+    items = []
+    for j in range(micro_step * G + rank * B, micro_step * G + (rank + 1) * B):
+        epoch, k = divmod(j, len(dataset))
+        dataset.rng.seed(cfg.seed * 1_000_003 + j)
+        items.append(dataset[epoch_order(len(dataset), cfg.seed, epoch)[k]])
+    x, mask, labels = collate(items, dataset.patch_size)
+    return x, loss_mask(mask, cfg, dataset.patch_size), labels
+
+
+def loss_mask(mask, cfg, P):
+    """Zero the mask on the content patches that --loss_skip_bytes leaves out of the loss. Patch 0
+    is the header (never predicted); patches 1 .. skip/P are the given prefix."""
+    if cfg.loss_skip_bytes:
+        mask = mask.clone()
+        mask[:, 1:1 + cfg.loss_skip_bytes // P] = 0
+    return mask
+
+
+@functools.lru_cache(maxsize=2)
+def epoch_order(n, seed, epoch):
+    """The order of the n training items in this epoch (cached: one permutation per epoch)."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
 # ---------------------------------------------------------------------------------------------
 # Baselines: what compressors need for exactly the bytes the model is scored on
 #
@@ -376,6 +462,35 @@ def baselines(train_contents, contents):
     learned = learned_bits_per_byte(train_contents, contents)
     return {**classic, "best_classic": min(classic.values()),
             **learned, "best_learned": min(learned.values())}
+
+
+def scored_contents(dataset):
+    """The bytes content_bpb is measured on: each held-out file's content inside the context."""
+    P = dataset.patch_size
+    out = []
+    for i in range(len(dataset)):
+        ids = dataset.ids(i)[P:]
+        out.append(bytes(ids[:ids.index(EOP)] if EOP in ids else ids))
+    return out
+
+
+def training_contents(dataset):
+    """The training files' bytes, for the compressors that learn from the training split."""
+    return [open(f, "rb").read() for f in dataset.sources]
+
+
+def compare_with_baselines(model_bpb, train_ds, eval_ds):
+    """The compressors on exactly the bytes the model was scored on (eval_ds's contents): the
+    best of those that code each file alone, and the best of those that learn from the training
+    split as the model did. Returns (baselines(), a line that sets them beside model_bpb)."""
+    base = baselines(training_contents(train_ds), scored_contents(eval_ds))
+    parts = [f"model {model_bpb:.3f}"]
+    for kind in ("classic", "learned"):
+        best = base[f"best_{kind}"]
+        name = next(k for k, v in base.items() if v == best and not k.startswith("best_"))
+        ratio = model_bpb / best if best else float("inf")  # (a codec can take 0 bytes)
+        parts.append(f"best {kind}: {name} {best:.3f} (the model needs {ratio:.2f}x its bits)")
+    return base, "held-out content bits/byte: " + " | ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ Use a trained bGPT model (arXiv:2402.19155): generate, continue, convert, classi
 Outputs go to --out_dir; the script prints what it wrote and how many bytes per second it made.
 Each task is a function with keyword arguments, so a notebook runs the same code:
 
-    model, info = train.load_model("out/ckpt.pt")
+    model, info = sample.load_model("out/ckpt.pt")
     sample.sample_files(model, out_dir="samples", ext="py", num_samples=2, top_p=0.9)
     sample.simulate(model, files, memory_size=64, num_registers=10)
 """
@@ -27,10 +27,38 @@ from pathlib import Path
 import torch
 
 import cpu
-from bgpt import EOP, BGPTClassifier
-from data import ByteDataset, HelpFormatter, collate, decode, encode, file_ext, label_of, \
+from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig
+from data import ByteDataset, HelpFormatter, collate, decode, encode, fail, file_ext, label_of, \
     list_files
-from train import autocast, fail, load_model, pick_device
+from train import autocast, first_line, is_ours, load_checkpoint, pick_device
+
+# ---------------------------------------------------------------------------------------------
+# Loading a model
+
+
+def load_model(path, device="cpu", what="--ckpt"):
+    """(model, info) from our checkpoint, or from a released .pth given as "official:PATH".
+    info has the training data's "ext" and "classes" (empty for a released checkpoint)."""
+    official = path.startswith("official:")
+    path = path[len("official:"):] if official else path
+    state = load_checkpoint(path, what)
+    if official and is_ours(state):
+        fail(f"{what}: {path} is one of this project's checkpoints: drop the 'official:' prefix")
+    if not official and not is_ours(state):
+        fail(f"{what}: {path} is not one of this project's checkpoints"
+             " (a released bGPT .pth is read as official:PATH)")
+    try:
+        if official:
+            return BGPT.from_official(state).to(device).eval(), {}
+        config = BGPTConfig(**state["config"]["model"])
+        info = state.get("data", {})
+        classify = state["config"]["train"]["classify"]
+        model = BGPTClassifier(config, len(info["classes"])) if classify else BGPT(config)
+        model.load_state_dict(state["model"])
+    except (ValueError, KeyError, TypeError, RuntimeError) as e:
+        fail(f"{what}: {path} does not hold a model this code can build ({first_line(e)})")
+    return model.to(device).eval(), info
+
 
 # ---------------------------------------------------------------------------------------------
 # Generation

@@ -38,9 +38,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig, doc, official_config
-import data
-from data import ByteDataset, collate, conversion_pairs, fail, file_ext, list_files, \
-    parse_convert, stdlib_files
+from data import collate, compare_with_baselines, fail, file_ext, get_batch, load_data, loss_mask
 
 # ---------------------------------------------------------------------------------------------
 # Config. The defaults train a small model on the stdlib in under 10 minutes on a 2-core CPU.
@@ -175,7 +173,7 @@ def check_config(cfg):
 
 
 # ---------------------------------------------------------------------------------------------
-# One place each for: the device and autocast, reading a checkpoint
+# Device, dtype and compilation
 
 
 def pick_device(name="auto"):
@@ -231,54 +229,6 @@ def compile_decoders(model):
             decoder.compile()
 
 
-def load_checkpoint(path, what):
-    """Read a checkpoint, ours or released, with weights_only=True: only tensors and plain Python
-    values are rebuilt, so a file cannot run code when it is loaded (a full pickle can)."""
-    if not os.path.isfile(path):
-        fail(f"{what}: no such file: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # truncated, foreign or carrying code: name the file, not torch's trace
-        reason = "it holds more than tensors and plain values" if "weights_only" in str(e) \
-            else "truncated or not a checkpoint"
-        fail(f"{what}: {path} is not a readable checkpoint ({reason})")
-    if not isinstance(state, dict):
-        fail(f"{what}: {path} is not a checkpoint (it holds a {type(state).__name__})")
-    return state
-
-
-def is_ours(state):
-    return "config" in state and "model" in state
-
-
-def load_model(path, device="cpu", what="--ckpt"):
-    """(model, info) from our checkpoint, or from a released .pth given as "official:PATH".
-    info has the training data's "ext" and "classes" (empty for a released checkpoint)."""
-    official = path.startswith("official:")
-    path = path[len("official:"):] if official else path
-    state = load_checkpoint(path, what)
-    if official and is_ours(state):
-        fail(f"{what}: {path} is one of this project's checkpoints: drop the 'official:' prefix")
-    if not official and not is_ours(state):
-        fail(f"{what}: {path} is not one of this project's checkpoints"
-             " (a released bGPT .pth is read as official:PATH)")
-    try:
-        if official:
-            return BGPT.from_official(state).to(device).eval(), {}
-        config = BGPTConfig(**state["config"]["model"])
-        info = state.get("data", {})
-        classify = state["config"]["train"]["classify"]
-        model = BGPTClassifier(config, len(info["classes"])) if classify else BGPT(config)
-        model.load_state_dict(state["model"])
-    except (ValueError, KeyError, TypeError, RuntimeError) as e:
-        fail(f"{what}: {path} does not hold a model this code can build ({_first_line(e)})")
-    return model.to(device).eval(), info
-
-
-def _first_line(e):
-    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-
-
 # ---------------------------------------------------------------------------------------------
 # Distributed training. `torchrun` starts one process per device and sets RANK, LOCAL_RANK and
 # WORLD_SIZE; without them (plain `python train.py`) this is one process and nothing changes.
@@ -315,95 +265,31 @@ def any_rank(flag, world):
 
 
 # ---------------------------------------------------------------------------------------------
-# Data
+# Model: new, from --init_from, or resumed
 
 
-def load_data(cfg, mcfg, hold_out=None):
-    """Returns (train, held-out) ByteDatasets for the chosen mode, encoded with the model's
-    patch_size and context (from --init_from's checkpoint when there is one). The held-out files
-    are --eval_dir's when it is given, else every k-th training file (hold_out: whether the
-    training files lose those; a resumed run keeps its first choice, so a new --eval_dir changes
-    what is scored, never what is trained on)."""
-    exts = {e for pair in parse_convert(cfg.convert) for e in pair} if cfg.convert else None
-    hold_out = not cfg.eval_dir if hold_out is None else hold_out
-    if not cfg.train_dir:  # the stdlib's own split: the same files on every machine
-        train_files, eval_files = stdlib_files(cfg.eval_fraction)
-    elif hold_out:  # every k-th name: a fixed choice that keeps pairs (x.abc, x.mid) together
-        files = list_files(cfg.train_dir, exts)
-        k = max(2, round(1 / cfg.eval_fraction))
-        held = set(sorted({f.with_suffix("") for f in files})[::k])
-        eval_files = [f for f in files if f.with_suffix("") in held]
-        train_files = [f for f in files if f.with_suffix("") not in held]
-        if not train_files or not eval_files:
-            raise ValueError(f"{cfg.train_dir}: too few files to hold some out "
-                             "(give --eval_dir)")
-    else:
-        train_files, eval_files = list_files(cfg.train_dir, exts), []
-    if cfg.eval_dir:
-        eval_files = list_files(cfg.eval_dir, exts)
-    elif not eval_files:
-        raise ValueError(f"--eval_dir: the run trained on every file of {cfg.train_dir}; "
-                         "name a folder to score")
-    if cfg.convert:
-        train_src = conversion_pairs(train_files, cfg.convert)
-        eval_src = conversion_pairs(eval_files, cfg.convert)
-    else:
-        train_src, eval_src = train_files, eval_files
-    if cfg.eval_max_files and len(eval_src) > cfg.eval_max_files:
-        # evenly spaced: the files are sorted by label, so every label keeps some
-        eval_src = eval_src[::len(eval_src) // cfg.eval_max_files][:cfg.eval_max_files]
-    labels = True if cfg.classify else None
-    train = ByteDataset(train_src, mcfg.max_patches, mcfg.patch_size, crop_mode="random",
-                        labels=labels, seed=cfg.seed)
-    held_out = ByteDataset(eval_src, mcfg.max_patches, mcfg.patch_size, crop_mode="head",
-                           labels=train.classes)
-    if cfg.classify and len(train.classes) < 2:
-        raise ValueError(f"{cfg.train_dir}: classification needs at least 2 labels (the file "
-                         f"name before the first '_'), found {train.classes}")
-    return train, held_out
+def load_checkpoint(path, what):
+    """Read a checkpoint, ours or released, with weights_only=True: only tensors and plain Python
+    values are rebuilt, so a file cannot run code when it is loaded (a full pickle can)."""
+    if not os.path.isfile(path):
+        fail(f"{what}: no such file: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated, foreign or carrying code: name the file, not torch's trace
+        reason = "it holds more than tensors and plain values" if "weights_only" in str(e) \
+            else "truncated or not a checkpoint"
+        fail(f"{what}: {path} is not a readable checkpoint ({reason})")
+    if not isinstance(state, dict):
+        fail(f"{what}: {path} is not a checkpoint (it holds a {type(state).__name__})")
+    return state
 
 
-def get_batch(dataset, cfg, micro_step, rank=0, world=1):
-    """This process's share of global micro-batch number `micro_step`.
-
-    A global micro-batch is items micro_step * G .. + G - 1 of an endless stream, G =
-    batch_size x world; process r takes the r-th run of batch_size of them, so all processes
-    together read what one process with a G-sized batch would. The stream is a fresh permutation
-    per epoch and each item's crop is seeded by its place in the stream: a batch is a pure
-    function of (seed, micro_step), and a resumed run sees exactly the uninterrupted run's."""
-    B, G = cfg.batch_size, cfg.batch_size * world
-    items = []
-    for j in range(micro_step * G + rank * B, micro_step * G + (rank + 1) * B):
-        epoch, k = divmod(j, len(dataset))
-        dataset.rng.seed(cfg.seed * 1_000_003 + j)
-        items.append(dataset[epoch_order(len(dataset), cfg.seed, epoch)[k]])
-    x, mask, labels = collate(items, dataset.patch_size)
-    return x, loss_mask(mask, cfg, dataset.patch_size), labels
+def is_ours(state):
+    return "config" in state and "model" in state
 
 
-def loss_mask(mask, cfg, P):
-    """Zero the mask on the content patches that --loss_skip_bytes leaves out of the loss. Patch 0
-    is the header (never predicted); patches 1 .. skip/P are the given prefix."""
-    if cfg.loss_skip_bytes:
-        mask = mask.clone()
-        mask[:, 1:1 + cfg.loss_skip_bytes // P] = 0
-    return mask
-
-
-@functools.lru_cache(maxsize=2)
-def epoch_order(n, seed, epoch):
-    """The order of the n training items in this epoch (cached: one permutation per epoch)."""
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-# ---------------------------------------------------------------------------------------------
-# Model
-
-
-def init_state(cfg):
-    """The --init_from checkpoint (ours or a released .pth, told apart by their contents)."""
-    return load_checkpoint(cfg.init_from, "--init_from") if cfg.init_from else None
+def first_line(e):
+    return str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
 
 
 def model_config(model_fields, state, given):
@@ -417,16 +303,11 @@ def model_config(model_fields, state, given):
     else:
         released = state["model"] if isinstance(state.get("model"), dict) else state
         mcfg = official_config(released, **free)
-    check_architecture(mcfg, model_fields, given, "--init_from")
-    return mcfg
-
-
-def check_architecture(mcfg, model_fields, given, flag):
-    """A checkpoint fixes the architecture: a flag that asks for another one is an error."""
-    for k in ARCHITECTURE:
+    for k in ARCHITECTURE:  # fixed by the checkpoint: a flag that asks for another is an error
         if k in given and model_fields[k] != getattr(mcfg, k):
-            fail(f"{flag}: the checkpoint's {k} is {getattr(mcfg, k)}; drop --{k} "
+            fail(f"--init_from: the checkpoint's {k} is {getattr(mcfg, k)}; drop --{k} "
                  f"{model_fields[k]}")
+    return mcfg
 
 
 def resume_config(saved, cfg, model_fields, given):
@@ -496,7 +377,7 @@ def set_lr(optimizer, step, cfg):
 
 
 def lr_factor(step, cfg):
-    """Linear warm-up, then cosine decay to min_lr; a factor of cfg.lr for LambdaLR."""
+    """Linear warm-up, then cosine decay to min_lr, as a factor of cfg.lr."""
     total = cfg.lr_decay_steps or cfg.max_steps
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -547,24 +428,32 @@ def evaluate(model, dataset, device, cfg):
     return out
 
 
-def scored_contents(dataset):
-    """The bytes content_bpb is measured on: each held-out file's content inside the context."""
-    P = dataset.patch_size
-    out = []
-    for i in range(len(dataset)):
-        ids = dataset.ids(i)[P:]
-        out.append(bytes(ids[:ids.index(EOP)] if EOP in ids else ids))
-    return out
-
-
-def training_contents(dataset):
-    """The training files' bytes, for the compressors that learn from the training split."""
-    return [open(f, "rb").read() for f in dataset.sources]
+def evaluate_and_log(run, log, step):
+    result = evaluate(run.model, run.eval_ds, run.device, run.cfg)
+    write_log(log, {"step": step, "eval": result})
+    print(f"step {step:5d} | held-out " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    return result
 
 
 # ---------------------------------------------------------------------------------------------
 # Checkpoints. A checkpoint holds only tensors and plain values (configs as dicts, RNG states as
 # tensors), so it loads with weights_only=True.
+
+
+class RunError(Exception):
+    """A run that cannot go on (a non-finite loss, an all-masked batch): train() reports it in
+    one line, outside the loop."""
+
+
+def save(run, step):
+    """Every rank's RNG state, then rank 0 writes the checkpoint while the others wait."""
+    rngs = gather_rng_states(run.world)
+    if run.rank == 0:
+        save_checkpoint(run.ckpt_path, model=run.model.state_dict(), step=step,
+                        optimizer=run.optimizer.state_dict(), rng=rngs, data=run.data_info,
+                        config={"train": asdict(run.cfg), "model": asdict(run.mcfg)})
+    if run.world > 1:
+        dist.barrier()
 
 
 def save_checkpoint(path, **state):
@@ -652,13 +541,19 @@ def setup(argv=None):
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
 
-    state = init_state(cfg)
+    state = load_checkpoint(cfg.init_from, "--init_from") if cfg.init_from else None
     try:
         mcfg = model_config(model_fields, state, given)
         hold_out = not resumed["config"]["train"]["eval_dir"] if resumed else None
         train_ds, eval_ds = load_data(cfg, mcfg, hold_out)  # encoded for the model's patch_size
     except (OSError, ValueError) as e:
-        fail(_first_line(e))
+        fail(first_line(e))
+    if mcfg.attention == "flash":  # a Triton kernel: a CUDA GPU, or Triton's interpreter
+        try:
+            import flash
+            flash.check(device, torch.bfloat16 if uses_bf16(device, cfg.dtype) else torch.float32)
+        except (ImportError, ValueError) as e:
+            fail(f"--attention flash: {first_line(e)}")
     if cfg.loss_skip_bytes % mcfg.patch_size:
         fail(f"--loss_skip_bytes {cfg.loss_skip_bytes} is not a multiple of patch_size "
              f"{mcfg.patch_size}")
@@ -666,7 +561,7 @@ def setup(argv=None):
         model = build_model(cfg, mcfg, state, len(train_ds.classes or []))
     except (ValueError, KeyError, TypeError, RuntimeError) as e:
         fail(f"--init_from: {cfg.init_from} does not hold a model this code can build "
-             f"({_first_line(e)})")
+             f"({first_line(e)})")
     model.to(device)
     optimizer = make_optimizer(model, cfg)
     step = 0
@@ -675,7 +570,7 @@ def setup(argv=None):
             model.load_state_dict(resumed["model"])
             optimizer.load_state_dict(resumed["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
-            fail(f"--resume: {ckpt_path} does not fit this model ({_first_line(e)})")
+            fail(f"--resume: {ckpt_path} does not fit this model ({first_line(e)})")
         set_hyperparameters(optimizer, cfg)  # the state loaded the saved ones; flags win
         step = resumed["step"]
         rngs = resumed["rng"]
@@ -698,73 +593,42 @@ def setup(argv=None):
 def train(argv=None):
     """Train as the command line says; returns the last evaluation (and the baselines)."""
     run = setup(argv)
-    cfg, model, optimizer = run.cfg, run.model, run.optimizer
-    rank, world, device, step = run.rank, run.world, run.device, run.step
-    master = rank == 0  # only rank 0 prints, evaluates and writes files
-    P = run.mcfg.patch_size
+    cfg, model, optimizer, device, step = run.cfg, run.model, run.optimizer, run.device, run.step
+    master, world, P = run.rank == 0, run.world, run.mcfg.patch_size
     if cfg.compile:
         compile_decoders(model)
     fwd = model  # what the step calls: the model itself, or the model wrapped by DDP
     if world > 1:  # DDP: every rank holds the whole model; gradients are averaged in backward
         fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     log = open_log(cfg.out_dir, step, run.resumed) if master else None
-    config = {"train": asdict(cfg), "model": asdict(run.mcfg)}
     if master:
-        mode = ("classify" if cfg.classify else f"convert {cfg.convert}" if cfg.convert
-                else "generate")
-        n_params = sum(p.numel() for p in model.parameters()) / 1e6
-        print(f"{mode}: {len(run.train_ds)} train / {len(run.eval_ds)} held-out sequences, "
-              f"{n_params:.2f}M parameters, context {run.mcfg.max_patches} patches x {P} bytes, "
-              f"global batch {cfg.batch_size} x {cfg.grad_accum} x {world} processes, {device}")
-        if run.changes:
-            print(f"resumed at step {step} with " + ", ".join(
-                f"{k} {now} (was {was})" for k, (was, now) in run.changes.items()))
-
-    def checkpoint():
-        rngs = gather_rng_states(world)  # every rank takes part; rank 0 writes
-        if master:
-            save_checkpoint(run.ckpt_path, model=model.state_dict(), step=step,
-                            optimizer=optimizer.state_dict(),
-                            config=config, rng=rngs, data=run.data_info)
-        if world > 1:
-            dist.barrier()
-
-    def run_eval():
-        result = evaluate(model, run.eval_ds, device, cfg)
-        write_log(log, {"step": step, "eval": result})
-        figures = " | ".join(f"{k} {v:.4f}" for k, v in result.items())
-        print(f"step {step:5d} | held-out {figures}")
-        return result
-
-    stop = StopSignal()
+        print_header(run)
+    stop, result = StopSignal(), None
     model.train()
-    t0, n_bytes, result = time.time(), 0, None
+    t0, n_bytes = time.time(), 0
     try:
         while step < cfg.max_steps:
-            loss_sum = 0.0
+            loss = 0.0
             for micro in range(cfg.grad_accum):
                 x, mask, labels = get_batch(run.train_ds, cfg, step * cfg.grad_accum + micro,
-                                            rank, world)
-                if not cfg.classify and not mask[:, 1:].any():
-                    fail(f"step {step + 1}: an all-masked batch, no byte left to predict: "
-                         f"--loss_skip_bytes {cfg.loss_skip_bytes} leaves out every patch of "
-                         "its files (each must be longer than the skipped prefix)")
+                                            run.rank, world)
+                check_batch(mask, cfg, step)
+                n_bytes += int(mask.sum()) * P * world
                 x, mask, labels = x.to(device), mask.to(device), labels.to(device)
                 # DDP averages gradients across ranks in backward; between micro-steps of one
                 # optimizer step that would be wasted traffic, so only the last one syncs.
                 last = micro == cfg.grad_accum - 1
                 with (nullcontext() if world == 1 or last else fwd.no_sync()), \
                         autocast(device, cfg.dtype):
-                    _, loss = fwd(x, mask, labels) if cfg.classify else fwd(x, mask)
+                    _, micro_loss = fwd(x, mask, labels) if cfg.classify else fwd(x, mask)
                 # Each micro-batch's loss is a mean; dividing by grad_accum makes the summed
                 # gradients those of the mean over the step's whole batch.
-                (loss / cfg.grad_accum).backward()
-                loss_sum += loss.item() / cfg.grad_accum
-                n_bytes += int(mask.sum()) * P * world
-            loss_sum = all_ranks_mean(loss_sum, world)
-            if not math.isfinite(loss_sum):
-                fail(f"the loss became {loss_sum} at step {step + 1}; the last good checkpoint "
-                     f"({run.ckpt_path}) is kept. Try a lower --lr")
+                (micro_loss / cfg.grad_accum).backward()
+                loss += micro_loss.item() / cfg.grad_accum
+            loss = all_ranks_mean(loss, world)
+            if not math.isfinite(loss):
+                raise RunError(f"the loss became {loss} at step {step + 1}; the last good "
+                               f"checkpoint ({run.ckpt_path}) is kept. Try a lower --lr")
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             lr = set_lr(optimizer, step, cfg)
@@ -773,59 +637,81 @@ def train(argv=None):
             step += 1
 
             if master and (step % cfg.log_interval == 0 or step == cfg.max_steps):
-                dt = time.time() - t0
-                steps_done = (step - 1) % cfg.log_interval + 1
-                record = {"step": step, "loss": loss_sum}
-                if not cfg.classify:  # bits per byte: a code length of bytes, not of labels
-                    record["bpb"] = loss_sum / math.log(2)
-                record.update(lr=lr, ms_per_step=1000 * dt / steps_done,
-                              bytes_per_s=n_bytes / dt)
-                write_log(log, record)
-                bpb = f"bpb {record['bpb']:.3f} | " if "bpb" in record else ""
-                print(f"step {step:5d} | loss {loss_sum:.4f} | {bpb}lr {record['lr']:.2e} | "
-                      f"{record['ms_per_step']:.0f} ms/step | {record['bytes_per_s']:,.0f} bytes/s",
-                      flush=True)
+                log_step(log, cfg, step, loss, lr, time.time() - t0, n_bytes)
                 t0, n_bytes = time.time(), 0
             evaluating = step % cfg.eval_interval == 0 or step == cfg.max_steps
             if evaluating and master:
-                result = run_eval()
+                result = evaluate_and_log(run, log, step)
             stopping = any_rank(stop.received is not None, world)
             if evaluating or stopping or step % cfg.save_interval == 0:
-                checkpoint()
+                save(run, step)
                 t0 = time.time()  # evaluation and saving are not training time
             if stopping:
-                if master:
-                    print(f"stopped at step {step}; checkpoint {run.ckpt_path}. Continue with: "
-                          f"python train.py --resume --out_dir {cfg.out_dir}", file=sys.stderr)
-                sys.exit(128 + stop.received if stop.received else 1)
+                break
+    except RunError as e:
+        fail(str(e))
     finally:
         stop.restore()
-    if master and result is None:  # nothing left to train (resumed at max_steps)
-        result = run_eval()
-    if master and result and "content_bpb" in result:
-        result = {**result, **compare_with_baselines(result, run, log, step)}
-    if master:
+    if stop.received is not None:
+        if master:
+            print(f"stopped at step {step}; checkpoint {run.ckpt_path}. Continue with: "
+                  f"python train.py --resume --out_dir {cfg.out_dir}", file=sys.stderr)
+        sys.exit(128 + stop.received)
+    return finish(run, log, step, result)
+
+
+def check_batch(mask, cfg, step):
+    """A generative batch needs a byte to predict: with --loss_skip_bytes longer than its files,
+    every patch is masked and the loss would be the NaN of a mean over nothing."""
+    if not cfg.classify and not mask[:, 1:].any():
+        raise RunError(f"step {step + 1}: an all-masked batch, no byte left to predict: "
+                       f"--loss_skip_bytes {cfg.loss_skip_bytes} leaves out every patch of its "
+                       "files (each must be longer than the skipped prefix)")
+
+
+def print_header(run):
+    cfg, mcfg = run.cfg, run.mcfg
+    mode = "classify" if cfg.classify else f"convert {cfg.convert}" if cfg.convert else "generate"
+    n_params = sum(p.numel() for p in run.model.parameters()) / 1e6
+    print(f"{mode}: {len(run.train_ds)} train / {len(run.eval_ds)} held-out sequences, "
+          f"{n_params:.2f}M parameters, context {mcfg.max_patches} patches x {mcfg.patch_size} "
+          f"bytes, global batch {cfg.batch_size} x {cfg.grad_accum} x {run.world} processes, "
+          f"{run.device}")
+    if run.changes:
+        print(f"resumed at step {run.step} with " + ", ".join(
+            f"{k} {now} (was {was})" for k, (was, now) in run.changes.items()))
+
+
+def log_step(log, cfg, step, loss, lr, dt, n_bytes):
+    """One log line: the step's loss (and bits per byte), learning rate, time and throughput
+    averaged since the last line."""
+    steps_done = (step - 1) % cfg.log_interval + 1
+    record = {"step": step, "loss": loss}
+    if not cfg.classify:  # bits per byte: a code length of bytes, not of labels
+        record["bpb"] = loss / math.log(2)
+    record.update(lr=lr, ms_per_step=1000 * dt / steps_done, bytes_per_s=n_bytes / dt)
+    write_log(log, record)
+    bpb = f"bpb {record['bpb']:.3f} | " if "bpb" in record else ""
+    print(f"step {step:5d} | loss {loss:.4f} | {bpb}lr {lr:.2e} | "
+          f"{record['ms_per_step']:.0f} ms/step | {record['bytes_per_s']:,.0f} bytes/s", flush=True)
+
+
+def finish(run, log, step, result):
+    """After the last step: the final evaluation (when none ran: resumed at max_steps), the
+    compressors on the same bytes, and the checkpoint's path."""
+    if run.rank == 0:
+        if result is None:
+            result = evaluate_and_log(run, log, step)
+        if "content_bpb" in result:
+            base, line = compare_with_baselines(result["content_bpb"], run.train_ds, run.eval_ds)
+            write_log(log, {"step": step, "baselines": base})
+            print(line)
+            result = {**result, **{f"{k}_bpb": v for k, v in base.items()}}
         log.close()
         print(f"checkpoint: {run.ckpt_path}")
-    if world > 1:
+    if run.world > 1:
         dist.destroy_process_group()
     return result
-
-
-def compare_with_baselines(result, run, log, step):
-    """The compressors on exactly the bytes the model was scored on: the best of those that code
-    each file alone, and the best of those that learn from the training split as the model did."""
-    base = data.baselines(training_contents(run.train_ds), scored_contents(run.eval_ds))
-    write_log(log, {"step": step, "baselines": base})
-    model_bpb = result["content_bpb"]
-    parts = [f"model {model_bpb:.3f}"]
-    for kind in ("classic", "learned"):
-        best = base[f"best_{kind}"]
-        name = next(k for k, v in base.items() if v == best and not k.startswith("best_"))
-        ratio = model_bpb / best if best else float("inf")  # (a codec can take 0 bytes)
-        parts.append(f"best {kind}: {name} {best:.3f} (the model needs {ratio:.2f}x its bits)")
-    print("held-out content bits/byte: " + " | ".join(parts))
-    return {f"{k}_bpb": v for k, v in base.items()}
 
 
 def open_log(out_dir, step, resumed):

@@ -253,3 +253,29 @@ def test_train_docstring_names_folders_that_builders_write():
     written = {f"data/{name}/{split}" for name in builders.BUILDERS for split in builders.SPLITS}
     named = set(re.findall(r"data/[\w-]+/\w+", train.__doc__))
     assert named and named <= written, named - written
+
+
+# ---------------------------------------------------------------------------------------------
+# train.py's shape: a loop like nanoGPT's, what sample.py alone needs in sample.py
+
+
+def test_the_loop_has_no_closures_and_no_exit_inside():
+    import ast
+    tree = ast.parse(open(os.path.join(ROOT, "train.py")).read())
+    loop_fn = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "train")
+    assert not [n for n in ast.walk(loop_fn) if isinstance(n, (ast.FunctionDef, ast.Lambda))
+                and n is not loop_fn]
+    loops = [n for n in ast.walk(loop_fn) if isinstance(n, ast.While)]
+    assert loops
+    calls = [ast.unparse(n.func) for loop in loops for n in ast.walk(loop)
+             if isinstance(n, ast.Call)]
+    assert "sys.exit" not in calls and "fail" not in calls
+
+
+def test_sample_only_names_live_in_sample_and_baselines_beside_the_baselines():
+    import data
+    import sample
+    assert not hasattr(train, "load_model") and callable(sample.load_model)
+    for name in ("compare_with_baselines", "scored_contents", "training_contents"):
+        assert callable(getattr(data, name))
+        assert vars(train).get(name, getattr(data, name)) is getattr(data, name)  # no copy

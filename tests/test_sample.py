@@ -342,7 +342,7 @@ def test_command_line_tasks(tmp_path, ckpts, toy_traces, capsys):
 
 
 def test_classify_returns_predictions(tmp_path, ckpts):
-    model, info = train.load_model(ckpts["clf"])
+    model, info = sample.load_model(ckpts["clf"])
     (tmp_path / "c").mkdir()
     for name in ("a_1.txt", "b_2.txt", "c_3.txt"):
         (tmp_path / "c" / name).write_bytes(b"xyz")
