@@ -239,7 +239,7 @@ def _flash_backward_dq(Q, K, V, dO, LSE, Delta, dQ,
 
 @triton.jit
 def _dropout_keep(Keep, L, S, dropout_p, seed, Br: tl.constexpr, Bc: tl.constexpr):
-    """Writes the keep-mask the kernels draw for one (Br, Bc) tile (for tests, never in training)."""
+    """Writes the keep-mask the kernels draw for one (Br, Bc) tile (tests; training never)."""
     bh, i, j = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     rows, cols = i * Br + tl.arange(0, Br), j * Bc + tl.arange(0, Bc)
     ptr = Keep + (bh.to(tl.int64) * L + rows[:, None]) * S + cols[None, :]
@@ -256,7 +256,8 @@ def check(device, dtype):
     or bf16 under the interpreter (which computes bf16 dots wrongly, silently)."""
     if INTERPRET and dtype == torch.bfloat16:
         raise ValueError("attention='flash' under TRITON_INTERPRET=1 cannot run in bfloat16 "
-                         "(Triton's interpreter computes bf16 dots wrongly): use float32")
+                         "(Triton's interpreter computes bf16 dots wrongly): use float32 "
+                         "(train.py --dtype float32)")
     if not INTERPRET and device.type != "cuda":
         raise ValueError(f"attention='flash' is a Triton kernel for CUDA GPUs, not {device.type}: "
                          "use 'sdpa' or 'manual' here, or set TRITON_INTERPRET=1 before starting "

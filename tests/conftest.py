@@ -12,6 +12,12 @@ from bgpt import VOCAB_SIZE
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# flash.py's Triton kernels run on CPU tensors through Triton's interpreter, which must be chosen
+# before triton is first imported: here, before any test module. Where a GPU is visible they run
+# compiled, as in training (TRITON_INTERPRET=0 or 1 set outside wins either way).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # A train.py model small enough for a step in milliseconds.
 TINY = ["--hidden_size", "32", "--n_heads", "2", "--patch_layers", "1", "--byte_layers", "1",
         "--max_patches", "16", "--batch_size", "2", "--warmup_steps", "2", "--log_interval", "2",
