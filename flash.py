@@ -29,7 +29,6 @@ import triton.language as tl
 TILES = {"forward": {64: (128, 64, 8), 128: (128, 64, 8)},
          "dkdv": {64: (32, 64, 4), 128: (32, 32, 4)},
          "dq": {64: (64, 64, 8), 128: (64, 32, 4)}}
-INTERPRET = triton.knobs.runtime.interpret  # kernels built for Triton's CPU interpreter
 GRID_Y_MAX = 65_535  # CUDA's limit on grid axes 1 and 2; axis 0 allows 2^31 - 1 programs
 GRID_X_MAX = 2 ** 31 - 1
 
@@ -249,6 +248,10 @@ def _dropout_keep(Keep, L, S, dropout_p, seed, Br: tl.constexpr, Bc: tl.constexp
 
 # ---------------------------------------------------------------------------------------------
 # 3. Launching them
+
+# Whether triton.jit built the kernels for Triton's CPU interpreter (TRITON_INTERPRET=1 was set
+# when this file was imported) rather than for compilation to a GPU.
+INTERPRET = type(_flash_forward).__name__ == "InterpretedFunction"
 
 
 def check(device, dtype):
