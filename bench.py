@@ -6,6 +6,8 @@ config and the paper's, with the machine's own matmul rate and copy bandwidth as
     python bench.py --configs tiny          # under a minute
     python bench.py --json bench.json       # also write the raw figures
     python bench.py --quick                 # one training step and a few bytes of tiny (the test)
+    python bench.py --attention flash       # the model with flash.py's kernel (CUDA only)
+    python bench.py --kernel                # attention alone: flash.py against SDPA (CUDA only)
 
 On a CPU it runs with the threads torch has (torch.get_num_threads()), in fp32 unless the CPU has
 native bf16 (train.uses_bf16); on a GPU in bf16 autocast. Each (config, phase) runs in a fresh
@@ -39,8 +41,10 @@ import textwrap
 import time
 
 import torch
+import torch.nn.functional as F
 
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTConfig, sample
+from data import fail
 from train import autocast, compile_decoders, uses_bf16
 
 # The two configs of the issue. steps/warmup/gen_repeats are defaults that the flags override.
@@ -210,7 +214,7 @@ def generate_uncached(model, x, max_new_bytes, temperature=1.0, top_k=None, top_
 
 def bench_train(name, args, device):
     spec = CONFIGS[name]
-    cfg = BGPTConfig(**spec["model"], checkpoint=args.checkpoint,
+    cfg = BGPTConfig(**spec["model"], checkpoint=args.checkpoint, attention=args.attention,
                      **({} if args.dropout is None else {"dropout": args.dropout}))
     B, steps = spec["batch"], args.steps or spec["steps"]
     warmup = spec["warmup"] if args.warmup is None else args.warmup
@@ -247,7 +251,7 @@ def bench_train(name, args, device):
 
 def bench_generate(name, args, device):
     spec = CONFIGS[name]
-    cfg = BGPTConfig(**{**spec["model"], "dropout": 0.0})
+    cfg = BGPTConfig(**{**spec["model"], "dropout": 0.0, "attention": args.attention})
     torch.manual_seed(0)
     model = never_end(BGPT(cfg)).to(device).eval()
     P = cfg.patch_size
@@ -285,6 +289,56 @@ def _median_share(runs):
 
 
 PHASES = {"train": bench_train, "generate": bench_generate}
+
+# ---------------------------------------------------------------------------------------------
+# Attention alone: flash.py's kernel against PyTorch's SDPA, one causal call at the paper's batch 16
+
+KERNEL_SHAPES = {"patch decoder": (16, 12, 512, 512, 64),  # (B, H, L, S, D): 12 heads of 64
+                 "byte decoder": (16 * 511, 12, 16, 16, 64)}  # a row per predicted patch
+
+
+def kernel_timings(shapes, device, dtype, repeats=20):
+    """Median ms of one call, forward (no grad) and forward + backward, for each core on the same
+    inputs, and model TFLOP/s as FlashAttention-2 counts them: forward 4 B H L S D / 2 (causal
+    halves it), backward 2.5x the forward."""
+    import flash  # Triton: only here
+    cores = {"flash": flash.flash_attention,
+             "sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+    rows = []
+    for name, (B, H, L, S, D) in shapes.items():
+        q, k, v = (torch.randn(B, H, n, D, device=device, dtype=dtype, requires_grad=True)
+                   for n in (L, S, S))
+        dO = torch.randn(B, H, L, D, device=device, dtype=dtype)
+        row = dict(shape=name, B=B, H=H, L=L, S=S, D=D, dtype=str(dtype).split(".")[1],
+                   forward_flops=4 * B * H * L * S * D / 2)
+        for core, attend in cores.items():
+            def forward():
+                with torch.no_grad():
+                    attend(q, k, v)
+
+            def forward_backward():
+                torch.autograd.grad(attend(q, k, v), (q, k, v), dO)
+
+            for what, fn in (("forward", forward), ("forward_backward", forward_backward)):
+                fn()  # warm-up: compilation
+                ms = 1e3 * statistics.median(timed(fn, device)[0] for _ in range(repeats))
+                flops = row["forward_flops"] * (1 if what == "forward" else 3.5)
+                row[f"{core}_{what}_ms"], row[f"{core}_{what}_tflops"] = ms, flops / ms / 1e9
+        rows.append(row)
+    return rows
+
+
+def kernel_table(rows, device):
+    head = (f"attention alone on {device}, causal, median ms of a call (TFLOP/s); speed = SDPA's "
+            "time / flash's")
+    lines = [head, ""]
+    for r in rows:
+        shape = f"{r['shape']} {r['B']} x {r['H']} x {r['L']} x {r['S']} x {r['D']} {r['dtype']}"
+        for what in ("forward", "forward_backward"):
+            f, s = r[f"flash_{what}_ms"], r[f"sdpa_{what}_ms"]
+            lines.append(f"{shape:44s} {what:16s} flash {f:8.3f} ({r[f'flash_{what}_tflops']:5.1f})"
+                         f"  sdpa {s:8.3f} ({r[f'sdpa_{what}_tflops']:5.1f})  speed {s / f:.2f}x")
+    return "\n".join(lines)
 
 
 def run_phase(name, phase, args, device):
@@ -419,6 +473,11 @@ def parse_args(argv=None):
                    help="auto: cuda if available")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the model for training (not generation)")
+    p.add_argument("--attention", default="sdpa", choices=["sdpa", "flash", "manual"],
+                   help="the attention core (BGPTConfig.attention); flash needs CUDA")
+    p.add_argument("--kernel", action="store_true",
+                   help="instead: time attention alone, flash.py's kernel against SDPA, forward "
+                        "and forward + backward, at the paper's shapes in bf16 (CUDA only)")
     p.add_argument("--json", default="", metavar="PATH", help="also write the raw figures here")
     p.add_argument("--quick", action="store_true",
                    help="smoke test (its figures mean nothing): tiny only, one training step, "
@@ -447,6 +506,23 @@ def main(argv=None):
         torch.backends.cudnn.allow_tf32 = True
     if args.quick:  # one thread: a busy machine cannot stall it (see the warning in table())
         torch.set_num_threads(1)
+    if args.kernel and not cuda:
+        fail("--kernel times attention on a CUDA GPU; none is in use here")
+    if args.attention == "flash" or args.kernel:
+        try:
+            import flash
+            bf16 = args.kernel or uses_bf16(device)
+            flash.check(device, torch.bfloat16 if bf16 else torch.float32)
+        except (ImportError, ValueError) as e:
+            fail(f"--attention flash: {e}")
+    if args.kernel:
+        rows = kernel_timings(KERNEL_SHAPES, device, torch.bfloat16)
+        print(kernel_table(rows, torch.cuda.get_device_name()))
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(command=" ".join(["python", "bench.py", *argv]), kernel=rows), f,
+                          indent=1)
+        return rows
     if args._phase:  # a child: one phase, one JSON line on stdout
         name, phase = args._phase.split(":")
         print(json.dumps(run_phase(name, phase, args, device)))

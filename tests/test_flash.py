@@ -184,6 +184,17 @@ def test_flash_stops_in_one_line_where_it_cannot_run(tmp_path):
     assert "CUDA GPUs" in proc.stderr and "TRITON_INTERPRET=1" in proc.stderr
 
 
+@interpreted
+def test_bench_kernel_times_both_cores():
+    import bench
+
+    rows = bench.kernel_timings({"tiny": (1, 2, 32, 32, 16)}, torch.device("cpu"), torch.float32,
+                                repeats=1)
+    assert rows[0]["flash_forward_backward_ms"] > 0 and rows[0]["sdpa_forward_ms"] > 0
+    assert "speed" in bench.kernel_table(rows, "cpu")
+    assert bench.KERNEL_SHAPES["byte decoder"] == (16 * 511, 12, 16, 16, 64)
+
+
 def test_attention_names():
     assert BGPTConfig(attention="fused").attention == "sdpa"  # configs saved under the old name
     assert BGPTConfig().attention == "sdpa"
