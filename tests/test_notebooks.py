@@ -55,6 +55,9 @@ def test_kernel_runs_in_this_environment(tmp_path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_notebook_runs_in_smoke_mode(path, monkeypatch, tmp_path):
+    if path.stem == "07_attention":  # flash.py's Triton kernels, through Triton's interpreter
+        pytest.importorskip("triton", reason="notebook 07 needs triton (requirements-dev.txt "
+                                             "installs it on Linux)")
     # The kernel inherits this process's environment.
     monkeypatch.setenv("BGPT_SMOKE", "1")
     monkeypatch.setenv("BGPT_DATA", str(tmp_path / "data"))
