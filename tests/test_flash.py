@@ -295,6 +295,57 @@ def test_compiled_transformers_have_no_graph_breaks_as_shapes_vary():
 
 
 # ---------------------------------------------------------------------------------------------
+# Compiled for a GPU without one: Triton's compiler and the ptxas in its wheel run on a CPU
+
+SM90 = r"""
+import os, re, subprocess, sys, tempfile
+import triton
+import flash
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+POINTERS = {"Q", "K", "V", "O", "dO", "dK", "dV", "dQ"}
+for name, kernel in [("forward", flash._flash_forward), ("dkdv", flash._flash_backward_dkdv),
+                     ("dq", flash._flash_backward_dq)]:
+    for D in (64, 128):
+        for dropout in (False, True):
+            Br, Bc, warps = flash.TILES[name][D]
+            const = dict(d=D, Br=Br, Bc=Bc, DROPOUT=dropout, COUNT=False, PRECISION="ieee")
+            const = {a: c for a, c in const.items() if a in kernel.arg_names}
+            sig = {a: "constexpr" if a in const else "*bf16" if a in POINTERS else
+                   "*fp32" if a in ("LSE", "Delta") else "*i32" if a == "Visits" else
+                   "fp32" if a in ("scale", "dropout_p") else "i32" for a in kernel.arg_names}
+            sm90 = GPUTarget("cuda", 90, 32)
+            compiled = triton.compile(ASTSource(kernel, sig, const), target=sm90,
+                                      options=dict(num_warps=warps))
+            with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+                f.write(compiled.asm["cubin"])
+                f.flush()
+                usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True,
+                                       text=True, check=True).stdout
+            regs, stack = re.search(r"REG:(\d+) STACK:(\d+)", usage).groups()
+            print(name, D, dropout, regs, stack)
+"""
+
+
+@needs_triton
+@pytest.mark.slow
+def test_kernels_compile_for_an_h100_without_register_spills(tmp_path):
+    """The interpreter never compiles: this builds each kernel for sm_90 in bf16 with flash.TILES
+    (head sizes 64 and 128, dropout on and off) and reads its stack frame, where spilled registers
+    would go."""
+    env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
+    proc = subprocess.run([sys.executable, "-c", SM90], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=600)
+    if "cuobjdump" in proc.stderr and "No such file" in proc.stderr:
+        pytest.skip("this triton wheel has no CUDA tools")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = [line.split() for line in proc.stdout.splitlines()]
+    assert len(rows) == 12 and all(stack == "0" for *_, stack in rows), proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
 # On a GPU: the compiled kernels in bf16 against PyTorch's SDPA (run by .ci/gpu)
 
 
