@@ -354,6 +354,7 @@ def draw_seed():
     return int(torch.randint(2 ** 31 - 1, ()))
 
 
+@torch.compiler.disable  # torch.compile runs it as it is, between graphs (one break per call)
 def flash_attention(q, k, v, dropout_p=0.0, seed=None):
     """Causal attention of q: (B, H, L, D), the last L of S positions, over k, v: (B, H, S, D).
     Returns (B, H, L, D). D in 16, 32, 64, 128; fp32, fp16 or bf16 in, fp32 inside."""

@@ -55,7 +55,7 @@ def run(attend, q, k, v, dO):
 
 
 def maxdiff(xs, ys):
-    return max(float((x.float() - y.float()).abs().max()) for x, y in zip(xs, ys))
+    return max(float((x.float() - y.float()).detach().abs().max()) for x, y in zip(xs, ys))
 
 
 def tiny_config(**kw):
@@ -264,6 +264,7 @@ def test_sdpa_processes_rows_past_its_limit_in_chunks(monkeypatch):
     assert maxdiff(whole, [logits, loss] + [p.grad for p in model.parameters()]) < 1e-6
 
 
+@pytest.mark.slow
 def test_compiled_transformers_have_no_graph_breaks_as_shapes_vary():
     """train.py --compile compiles each decoder; batches of other patch counts and other numbers
     of real rows must reuse dynamic graphs, not break them into pieces."""
@@ -292,6 +293,22 @@ def test_compiled_transformers_have_no_graph_breaks_as_shapes_vary():
     # A new patch count, then a new batch size, each make a graph dynamic in that size once;
     # after that every shape reuses them.
     assert frames[-1] == frames[-3] and max(frames[-1]) <= 3, frames
+
+
+@interpreted
+@pytest.mark.slow
+def test_compile_runs_the_flash_kernel_between_graphs():
+    """torch.compile leaves flash_attention to run as it is (compiler.disable): same loss."""
+    torch.manual_seed(0)
+    model = BGPT(tiny_config(attention="flash"))
+    x = torch.randint(0, 257, (2, 5 * 8))
+    _, eager = model(x)
+    for decoder in (model.patch_decoder, model.byte_decoder):
+        decoder.compile(backend="eager")
+    _, loss = model(x)
+    loss.backward()
+    torch._dynamo.reset()
+    assert float(loss) == pytest.approx(float(eager), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
