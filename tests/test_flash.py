@@ -308,7 +308,7 @@ def test_compile_runs_the_flash_kernel_between_graphs():
     _, loss = model(x)
     loss.backward()
     torch._dynamo.reset()
-    assert float(loss) == pytest.approx(float(eager), rel=1e-6)
+    assert loss.item() == pytest.approx(eager.item(), rel=1e-6)
 
 
 # ---------------------------------------------------------------------------------------------
