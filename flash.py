@@ -268,10 +268,12 @@ def check(device, dtype):
 
 
 def tiles(kernel, L, S, D):
-    """(Br, Bc, warps) for one launch: TILES, cut down for short sequences (tl.dot needs 16)."""
+    """(Br, Bc, warps) for one launch: TILES, cut down for short sequences (tl.dot needs 16), with
+    4 warps for a cut-down tile (the byte decoder's 16 x 16 has too little work for 8)."""
     Br, Bc, warps = TILES[kernel][max(D, 64)]
-    return (min(Br, max(16, triton.next_power_of_2(L))),
-            min(Bc, max(16, triton.next_power_of_2(S))), warps)
+    small = (min(Br, max(16, triton.next_power_of_2(L))),
+             min(Bc, max(16, triton.next_power_of_2(S))))
+    return (*small, warps if small == (Br, Bc) else min(warps, 4))
 
 
 def launch_grid(BH, n_blocks):

@@ -325,9 +325,9 @@ tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin
 POINTERS = {"Q", "K", "V", "O", "dO", "dK", "dV", "dQ"}
 for name, kernel in [("forward", flash._flash_forward), ("dkdv", flash._flash_backward_dkdv),
                      ("dq", flash._flash_backward_dq)]:
-    for D in (64, 128):
+    for D, small in [(64, False), (128, False), (64, True)]:  # small: the byte decoder's tile
         for dropout in (False, True):
-            Br, Bc, warps = flash.TILES[name][D]
+            Br, Bc, warps = flash.tiles(name, 16, 16, D) if small else flash.TILES[name][D]
             const = dict(d=D, Br=Br, Bc=Bc, DROPOUT=dropout, COUNT=False, PRECISION="ieee")
             const = {a: c for a, c in const.items() if a in kernel.arg_names}
             sig = {a: "constexpr" if a in const else "*bf16" if a in POINTERS else
@@ -350,8 +350,8 @@ for name, kernel in [("forward", flash._flash_forward), ("dkdv", flash._flash_ba
 @pytest.mark.slow
 def test_kernels_compile_for_an_h100_without_register_spills(tmp_path):
     """The interpreter never compiles: this builds each kernel for sm_90 in bf16 with flash.TILES
-    (head sizes 64 and 128, dropout on and off) and reads its stack frame, where spilled registers
-    would go."""
+    (head sizes 64 and 128) and the byte decoder's 16 x 16 tile, dropout on and off, and reads its
+    stack frame, where spilled registers would go."""
     env = {**os.environ, "TRITON_INTERPRET": "0", "TRITON_CACHE_DIR": str(tmp_path)}
     proc = subprocess.run([sys.executable, "-c", SM90], capture_output=True, text=True, env=env,
                           cwd=ROOT, timeout=600)
@@ -359,7 +359,7 @@ def test_kernels_compile_for_an_h100_without_register_spills(tmp_path):
         pytest.skip("this triton wheel has no CUDA tools")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = [line.split() for line in proc.stdout.splitlines()]
-    assert len(rows) == 12 and all(stack == "0" for *_, stack in rows), proc.stdout
+    assert len(rows) == 18 and all(stack == "0" for *_, stack in rows), proc.stdout
 
 
 # ---------------------------------------------------------------------------------------------
