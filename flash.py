@@ -78,7 +78,9 @@ def attention_tiled(q, k, v, Br=16, Bc=16):
 
 def visited_blocks(L, S, Br, Bc):
     """How many key blocks each query block visits: those up to its last row's position. The
-    forward kernel loops over exactly these (tests check its own count against this)."""
+    forward kernel loops over exactly these (tests check its own count against this). At the
+    paper's 512 patches with the forward's 128 x 64 tiles: 20 of 32 tiles, so 37.5% of the
+    forward's tile FLOPs skipped (sum(visited_blocks(512, 512, 128, 64)); notebook 07 section 3)."""
     return [-(-(min(i + Br, L) + S - L) // Bc) for i in range(0, L, Br)]
 
 
