@@ -278,11 +278,12 @@ class BGPT(nn.Module):
     def num_params(self):
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, x, mask=None):
+    def forward(self, x, mask=None, return_logits=True):
         """x: (B, T) ids 0..256 with T = N*P, the first patch a header. mask: (B, N), 1 for real
         patches, 0 for batch padding (None: all real). Returns logits (B, T - P, V), where
         logits[:, i] predicts x[:, P + i] from every id before it, and the loss: mean
-        cross-entropy over the bytes of the predicted patches that the mask keeps."""
+        cross-entropy over the bytes of the predicted patches that the mask keeps. A training
+        step needs only the loss: return_logits=False returns None for the logits."""
         cfg = self.config
         P = cfg.patch_size
         B, N = check_ids(x, cfg).shape[0], x.shape[1] // P
@@ -305,6 +306,8 @@ class BGPT(nn.Module):
         rows = slice(None) if keep is None else keep
         logits = self.byte_decoder(features[rows], targets[rows][:, :-1])  # (M', P, V)
         loss = F.cross_entropy(logits.reshape(-1, VOCAB_SIZE).float(), targets[rows].reshape(-1))
+        if not return_logits:
+            return None, loss
         if keep is not None:  # rows the byte decoder skipped get zero logits
             logits = logits.new_zeros(M, P, VOCAB_SIZE).index_put_((keep,), logits)
         return logits.view(B, (N - 1) * P, VOCAB_SIZE), loss
@@ -421,7 +424,8 @@ def check_ids(x, config, whole_patches=True):
     P = config.patch_size
     if x.dim() != 2 or x.dtype != torch.long:
         raise ValueError(f"ids must be a (B, T) LongTensor, got {tuple(x.shape)} {x.dtype}")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) > EOP):
+    # (On a GPU reading min and max would make every step wait for it; the embedding checks.)
+    if x.numel() and x.device.type == "cpu" and (int(x.min()) < 0 or int(x.max()) > EOP):
         raise ValueError(f"ids must lie in 0..{EOP}, got {int(x.min())}..{int(x.max())}")
     if whole_patches and x.size(1) % P:
         raise ValueError(f"sequence length {x.size(1)} is not a multiple of patch_size {P}")

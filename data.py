@@ -27,6 +27,7 @@ import hashlib
 import lzma
 import os
 import random
+import signal
 import sys
 import sysconfig
 import zlib
@@ -102,14 +103,42 @@ def crop(ids, max_patches, patch_size=16, mode="head", rng=random):
     n = len(ids) // P
     if n <= max_patches:
         return ids
+    start = crop_start(n, max_patches, mode, rng)
+    return ids[:P] + ids[start * P:(start + max_patches - 1) * P]
+
+
+def crop_start(n, max_patches, mode, rng):
+    """The first content patch a crop of an n-patch sequence keeps (n > max_patches); it keeps
+    max_patches - 1 from there, beside the header."""
     keep = max_patches - 1  # content patches that fit beside the header
     if mode == "head":
-        start = 1
-    elif mode == "random":
-        start = rng.choice([1, rng.randint(1, n - keep), n - keep])  # head, body, tail
-    else:
-        raise ValueError(f"crop mode must be 'head' or 'random', not {mode!r}")
-    return ids[:P] + ids[start * P:(start + keep) * P]
+        return 1
+    if mode == "random":
+        return rng.choice([1, rng.randint(1, n - keep), n - keep])  # head, body, tail
+    raise ValueError(f"crop mode must be 'head' or 'random', not {mode!r}")
+
+
+def read_window(paths, first, count, patch_size=16):
+    """Patches first .. first + count - 1 of the sequence that encoding paths one after another
+    gives (each file's header and content patches, one end patch after the last file: the layout
+    of a conversion pair, or of one file), reading only those patches' bytes from the files. A
+    crop of a 4 MB file reads its 8 KiB, not 4 MB, and encodes 8 KiB."""
+    P, ids, at = patch_size, [], 0  # at: the first patch of the piece in hand
+    for k, path in enumerate(paths):
+        size = os.path.getsize(path)
+        for piece, length in (("header", 1), ("content", -(-size // P)), ("end", 1)):
+            if piece == "end" and k < len(paths) - 1:
+                continue  # an input file has no end patch: the target's header follows
+            lo, hi = max(first, at), min(first + count, at + length)  # the window's part of it
+            if lo < hi and piece == "content":
+                with open(path, "rb") as f:
+                    f.seek((lo - at) * P)
+                    content = list(f.read((hi - lo) * P))
+                ids += content + [EOP] * ((hi - lo) * P - len(content))  # the last one's padding
+            elif lo < hi:
+                ids += encode(b"", file_ext(path), P)[:P] if piece == "header" else [EOP] * P
+            at += length
+    return ids
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,13 +221,15 @@ class ByteDataset(torch.utils.data.Dataset):
         return len(self.sources)
 
     def ids(self, i):
-        P = self.patch_size
+        """Item i's ids, cropped to the context before anything is read: the crop is chosen
+        from the files' sizes (as crop() would choose it), then only its patches are read."""
+        P, N = self.patch_size, self.max_patches
         paths = self.sources[i] if isinstance(self.sources[i], tuple) else (self.sources[i],)
-        ids = []
-        for k, path in enumerate(paths):
-            file_ids = encode(Path(path).read_bytes(), file_ext(path), P)
-            ids += file_ids if k == len(paths) - 1 else file_ids[:-P]  # input: no end patch
-        return crop(ids, self.max_patches, P, self.crop_mode, self.rng)
+        n = sum(1 + -(-os.path.getsize(p) // P) for p in paths) + 1  # patches, end patch included
+        if n <= N:
+            return read_window(paths, 0, n, P)
+        start = crop_start(n, N, self.crop_mode, self.rng)
+        return read_window(paths, 0, 1, P) + read_window(paths, start, N - 1, P)
 
     def __getitem__(self, i):
         label = -1
@@ -302,6 +333,42 @@ def epoch_order(n, seed, epoch):
     """The order of the n training items in this epoch (cached: one permutation per epoch)."""
     g = torch.Generator().manual_seed(seed * 100003 + epoch)
     return torch.randperm(n, generator=g).tolist()
+
+
+class Batches(torch.utils.data.Dataset):
+    """This process's micro-batches as a dataset: item i is get_batch(..., i, rank, world), a
+    pure function of i, so a worker process builds exactly what the loop would have built."""
+
+    def __init__(self, dataset, cfg, rank=0, world=1):
+        self.dataset, self.cfg, self.rank, self.world = dataset, cfg, rank, world
+
+    def __len__(self):
+        return self.cfg.max_steps * self.cfg.grad_accum
+
+    def __getitem__(self, micro_step):
+        return get_batch(self.dataset, self.cfg, micro_step, self.rank, self.world)
+
+
+def batch_loader(dataset, cfg, first, rank=0, world=1, device=torch.device("cpu"), workers=4):
+    """An iterator over this process's micro-batches first, first + 1, ... (first = step x
+    grad_accum on a resume): (ids, loss mask, labels) on the CPU. For a GPU, `workers` processes
+    build them ahead of the step into pinned (page-locked) memory, from which the loop's
+    non_blocking copies overlap the GPU's work. On a CPU they are built in this process, in
+    turn with the steps: worker processes would take the cores the step itself needs."""
+    cuda = device.type == "cuda"
+    loader = torch.utils.data.DataLoader(
+        Batches(dataset, cfg, rank, world), batch_size=None,  # items are whole batches
+        sampler=range(first, cfg.max_steps * cfg.grad_accum), num_workers=workers if cuda else 0,
+        pin_memory=cuda, worker_init_fn=_ignore_ctrl_c if cuda else None,
+        prefetch_factor=4 if cuda else None,
+        generator=torch.Generator())  # its own: drawing from torch's would shift dropout's
+    return iter(loader)
+
+
+def _ignore_ctrl_c(worker_id):
+    # Ctrl-C reaches the workers too; only the training process acts on it (it finishes its
+    # step and saves), and it needs its workers alive until then.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 # ---------------------------------------------------------------------------------------------

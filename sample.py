@@ -30,7 +30,8 @@ import cpu
 from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig
 from data import ByteDataset, HelpFormatter, collate, decode, encode, fail, file_ext, label_of, \
     list_files
-from train import autocast, first_line, is_ours, load_checkpoint, pick_device
+from devices import autocast, pick_device
+from train import first_line, is_ours, load_checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # Loading a model

@@ -2,7 +2,7 @@
 Train a bGPT model (arXiv:2402.19155) on a folder of files: generation, conversion or
 classification.
 
-    python train.py                                 # a 1.97M-parameter model on the stdlib .py files
+    python train.py                                 # 1.97M parameters on the stdlib's .py files
     python train.py --help                          # every option, with its meaning
     python train.py --resume --out_dir out          # continue exactly where a run stopped
     python builders.py shakespeare                  # (and abc-midi, digits: folders under data/)
@@ -22,7 +22,6 @@ ckpt.pt (model, optimizer, step, configs, RNG states; written atomically, every
 
 import argparse
 import collections
-import functools
 import json
 import math
 import os
@@ -38,7 +37,10 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig, doc, official_config
-from data import collate, compare_with_baselines, fail, file_ext, get_batch, load_data, loss_mask
+from data import batch_loader, collate, compare_with_baselines, fail, file_ext, load_data, \
+    loss_mask
+from devices import DTYPES, all_reduce, any_rank, autocast, barrier, compile_decoders, \
+    gather_rng_states, set_rng_state, setup_distributed, uses_bf16
 
 # ---------------------------------------------------------------------------------------------
 # Config. The defaults train a small model on the stdlib in under 10 minutes on a 2-core CPU.
@@ -48,10 +50,8 @@ from data import collate, compare_with_baselines, fail, file_ext, get_batch, loa
 class TrainConfig:
     # data and mode
     train_dir: str = doc("", "folder of training files (default: this Python's stdlib .py files)")
-    eval_dir: str = doc("", "folder of held-out files (default: every k-th training file, or "
-                            "the stdlib's own held-out split)")
-    eval_fraction: float = doc(0.05, "share of the training files held out when no eval_dir is "
-                                     "given")
+    eval_dir: str = doc("", "held-out files (default: every k-th training file, or the stdlib's)")
+    eval_fraction: float = doc(0.05, "share of the training files held out without an eval_dir")
     convert: str = doc("", "conversion between paired files: 'abc->mid' trains one way, "
                            "'abc&mid' both ways (default: none, generation)")
     classify: bool = doc(False, "classification: the label is the file name before the first '_'")
@@ -59,11 +59,11 @@ class TrainConfig:
                                   "in whole patches (e.g. a CPU trace's memory and first state)")
     # where the run lives
     out_dir: str = doc("out", "where ckpt.pt and log.jsonl go")
-    init_from: str = doc("", "start from one of our checkpoints or a released .pth (default: "
-                             "none, new weights)")
+    init_from: str = doc("", "our checkpoint or a released .pth to start from (default: none)")
     resume: bool = doc(False, "continue the run in out_dir exactly; optimizer, schedule, "
                               "intervals, eval_dir, dtype, device and compile may be given anew")
     overwrite: bool = doc(False, "start a new run in an out_dir that holds one, replacing it")
+    preset: str = doc("", "'paper': the paper's model and training settings (flags given win)")
     # batch and schedule
     batch_size: int = doc(8, "sequences per micro-batch of one process")
     grad_accum: int = doc(1, "micro-batches per optimizer step (the loss is averaged over them)")
@@ -84,28 +84,31 @@ class TrainConfig:
     # machine
     seed: int = doc(0, "seeds the initialisation, the data order, the crops and dropout")
     device: str = doc("auto", "auto = cuda, then mps, then cpu")
-    dtype: str = doc("auto", "compute dtype under autocast: float32, bfloat16, or auto = bfloat16 "
-                             "on CUDA and on CPUs with native bf16, float32 elsewhere")
+    dtype: str = doc("auto", "float32, bfloat16 (autocast), or auto: bfloat16 on CUDA and on "
+                             "CPUs with native bf16")
     compile: bool = doc(False, "torch.compile both transformers (faster steps after a slow first)")
 
 
-# 128 patches x 16 bytes = 2 KiB of context, 2.0M parameters. The byte decoder runs on every byte
-# and the patch decoder on every 16th, so on a CPU a patch layer costs 1/16 of a byte layer: the
-# default spends its FLOPs on a deeper patch decoder. Model fields not given on the command line
-# take these values; --hidden_size 768 --patch_layers 12 --byte_layers 3 --n_heads 12
-# --max_patches 512 is the paper's model.
+# 128 patches x 16 bytes = 2 KiB of context, 1.97M parameters. The byte decoder runs on every
+# byte and the patch decoder on every 16th, so on a CPU a patch layer costs 1/16 of a byte layer:
+# the default spends its FLOPs on a deeper patch decoder. Model fields not given take these.
 DEFAULT_MODEL = dict(max_patches=128, hidden_size=128, patch_layers=6, byte_layers=1, n_heads=2,
                      dropout=0.0)
+# --preset paper: the paper's model (768 wide, 12 + 3 layers, 12 heads of 64, 512 patches = 8 KiB,
+# dropout 0.1: 110M parameters), the release's learning rate decaying 10x, 16 sequences per
+# process, torch.compile.
+PRESETS = {"paper": dict(hidden_size=768, patch_layers=12, byte_layers=3, n_heads=12,
+                         max_patches=512, dropout=0.1, lr=1e-4, min_lr=1e-5, batch_size=16,
+                         compile=True)}
 ARCHITECTURE = ("patch_size", "max_patches", "hidden_size", "patch_layers", "byte_layers",
                 "n_heads")  # what a checkpoint fixes; the other model fields may change
 MODEL_HELP = {  # bgpt.py's help speaks of the paper's config; here the defaults are the small ones
     "max_patches": "context in patches, header included (max_patches x patch_size bytes)",
     "n_heads": "H, attention heads; head size D = hidden_size / n_heads",
     "dropout": "dropout after embeddings, on attention weights and residuals"}
-# What --resume may change. The checkpoint fixes the architecture, the data and how it is read
-# (which files, the held-out split, the crops' seed, the skipped prefix) and the mode: giving one
-# of those with another value is an error. The rest applies from the resumed step on (a new lr
-# or betas reach the optimizer's parameter groups; the schedule is recomputed from the step).
+# What --resume may change. The checkpoint fixes the architecture, the data (files, split, crops'
+# seed, skipped prefix) and the mode: another value for one of those is an error. The rest applies
+# from the resumed step on (a new lr or betas reach the optimizer; the schedule follows the step).
 RESUME_FIXED = ARCHITECTURE + ("train_dir", "eval_fraction", "seed", "loss_skip_bytes",
                                "convert", "classify")
 RESUME_FREE = ("lr", "min_lr", "beta1", "beta2", "weight_decay", "grad_clip",  # optimizer
@@ -124,29 +127,27 @@ def parse_args(argv=None):
         for f in fields(cls):
             default = DEFAULT_MODEL.get(f.name, f.default) if cls is BGPTConfig else f.default
             kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
+            help = MODEL_HELP.get(f.name, f.metadata["help"])
+            if "(default" not in help:  # (unless the help says what none means)
+                help += f" (default: {'none' if default == '' else default})"
             flag = dict(nargs="?", const=True) if kind is _bool else {}  # "--classify" = true
             group.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
                                metavar=type(f.default).__name__, **flag,
-                               help=help_text(MODEL_HELP.get(f.name, f.metadata["help"]),
-                                              default))
+                               help=help)
     given = vars(parser.parse_args(argv))  # only the flags actually typed (defaults suppressed)
+    if given.get("preset", "") not in ("", *PRESETS):
+        fail(f"--preset must be one of {', '.join(PRESETS)}, not {given['preset']!r}")
+    given = {**PRESETS.get(given.get("preset"), {}), **given}  # a preset: flags, typed ones win
     train_fields = {f.name for f in fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in given.items() if k in train_fields})
     model_fields = {**DEFAULT_MODEL, **{k: v for k, v in given.items() if k not in train_fields}}
     return cfg, model_fields, set(given)
 
 
-def help_text(text, default):
-    """A flag's help and its default (unless the text states it: "(default: ...)")."""
-    return text if "(default" in text else f"{text} (default: {default})"
-
-
 def _bool(s):
-    if s.lower() in ("1", "true", "yes"):
-        return True
-    if s.lower() in ("0", "false", "no"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+    if s.lower() not in ("1", "true", "yes", "0", "false", "no"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {s!r}")
+    return s.lower() in ("1", "true", "yes")
 
 
 def check_config(cfg):
@@ -170,98 +171,6 @@ def check_config(cfg):
         fail("--loss_skip_bytes leaves bytes out of the byte loss; --classify has none")
     if cfg.dtype not in DTYPES:
         fail(f"--dtype must be one of {', '.join(DTYPES)}, not {cfg.dtype!r}")
-
-
-# ---------------------------------------------------------------------------------------------
-# Device, dtype and compilation
-
-
-def pick_device(name="auto"):
-    if name != "auto":
-        try:
-            return torch.device(name)
-        except RuntimeError:
-            fail(f"--device: {name!r} is not a device (auto, cpu, cuda, cuda:1, mps)")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-@functools.cache  # read once: autocast() asks at every training step
-def cpu_has_bf16():
-    """Whether this CPU multiplies bf16 matrices natively (x86 AVX512-BF16 or AMX-BF16, as Linux
-    lists them). Elsewhere torch emulates bf16 on a CPU, slower than fp32."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = set(f.read().split())
-    except OSError:  # not Linux
-        return False
-    return bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
-DTYPES = ("auto", "float32", "bfloat16")  # --dtype's choices
-
-
-def uses_bf16(device, dtype="auto"):
-    """Whether a step computes in bf16: as --dtype says, or for "auto" on CUDA and on CPUs with
-    native bf16 (other devices would emulate it, slower than fp32)."""
-    if dtype != "auto":
-        return dtype == "bfloat16"
-    return device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16())
-
-
-def autocast(device, dtype="auto"):
-    """bf16 autocast when uses_bf16 says so: matmuls in bf16, weights and optimizer state stay
-    fp32. A plain fp32 context otherwise."""
-    if uses_bf16(device, dtype):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return nullcontext()
-
-
-def compile_decoders(model):
-    """torch.compile the model's transformers in place (parameter names stay as they are). Not
-    the whole model: which rows go to the byte decoder has a data-dependent count, a graph that
-    torch 2.13 fails to compile, so that choice stays eager between the two compiled parts."""
-    for decoder in (model.patch_decoder, getattr(model, "byte_decoder", None)):
-        if decoder is not None:
-            decoder.compile()
-
-
-# ---------------------------------------------------------------------------------------------
-# Distributed training. `torchrun` starts one process per device and sets RANK, LOCAL_RANK and
-# WORLD_SIZE; without them (plain `python train.py`) this is one process and nothing changes.
-
-
-def setup_distributed(device_name):
-    """Returns (rank, world size, device). Gloo on CPUs, NCCL between GPUs."""
-    if "RANK" not in os.environ:
-        return 0, 1, pick_device(device_name)
-    device = pick_device(device_name)
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))  # one GPU per process
-        torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def all_ranks_mean(value, world):
-    """The mean of a number over all processes (the logged loss is the whole batch's)."""
-    if world == 1:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)  # a sum: gloo has no average
-    return float(t) / world
-
-
-def any_rank(flag, world):
-    """True on every process if it is true on one (e.g. one of them received Ctrl-C)."""
-    if world == 1:
-        return flag
-    t = torch.tensor([int(flag)])
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -293,8 +202,7 @@ def first_line(e):
 
 
 def model_config(model_fields, state, given):
-    """The model's BGPTConfig. From --init_from's checkpoint when there is one: its architecture
-    is fixed, and only fields such as dropout and attention may be set on the command line."""
+    """The model's BGPTConfig; --init_from's checkpoint fixes its architecture."""
     if state is None:
         return BGPTConfig(**model_fields)
     free = {k: v for k, v in model_fields.items() if k not in ARCHITECTURE}
@@ -357,27 +265,17 @@ def make_optimizer(model, cfg):
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+    fused = next(model.parameters()).is_cuda  # one kernel for all the updates, on a GPU
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=fused)
 
 
-def set_hyperparameters(optimizer, cfg):
-    """The optimizer's settings from cfg (a resumed optimizer's state carries the saved ones)."""
-    for group in optimizer.param_groups:
-        group["betas"] = (cfg.beta1, cfg.beta2)
-    optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # the matrices' group
-
-
-def set_lr(optimizer, step, cfg):
-    """The learning rate of optimizer step number `step` (0-based), set in every group. The
-    step alone decides it, so a resumed run needs no schedule state and takes a new --lr."""
-    lr = cfg.lr * lr_factor(step, cfg)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+def lr_at(step, cfg):
+    """The learning rate of step number `step` (0-based): a linear warm-up, then a cosine decay
+    to min_lr. The step alone decides it, so a resumed run needs no schedule state."""
+    return cfg.lr * lr_factor(step, cfg)
 
 
 def lr_factor(step, cfg):
-    """Linear warm-up, then cosine decay to min_lr, as a factor of cfg.lr."""
     total = cfg.lr_decay_steps or cfg.max_steps
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
@@ -391,18 +289,20 @@ def lr_factor(step, cfg):
 
 
 @torch.no_grad()
-def evaluate(model, dataset, device, cfg):
+def evaluate(model, dataset, device, cfg, rank=0, world=1):
     """Held-out figures. loss and bpb are the release's: mean cross-entropy over every predicted
     id (padding and end patch included; the --loss_skip_bytes prefix excluded) and that over ln 2.
     content_bpb is a code length: the bits the model gives each file's content bytes plus the EOP
     that ends them (when the file fits the context), over the content bytes; a compressor's bits
-    per byte on the same bytes compare. Classifiers get their accuracy."""
+    per byte on the same bytes compare. Classifiers get their accuracy. Under DDP each process
+    scores every world-th file and the sums are added up: all get the same figures."""
     model.eval()
     P = model.config.patch_size
     content = not cfg.convert and not cfg.loss_skip_bytes
     sums = collections.Counter()
-    for start in range(0, len(dataset), cfg.batch_size):
-        batch = [dataset[i] for i in range(start, min(start + cfg.batch_size, len(dataset)))]
+    mine = range(rank, len(dataset), world)
+    for start in range(0, len(mine), cfg.batch_size):
+        batch = [dataset[i] for i in mine[start:start + cfg.batch_size]]
         x, mask, labels = (t.to(device) for t in collate(batch, P))
         with autocast(device, cfg.dtype):
             logits, _ = model(x, mask)
@@ -419,6 +319,10 @@ def evaluate(model, dataset, device, cfg):
             sums["bits"] += float(row[:min(n + 1, len(ids))].sum()) / math.log(2)
             sums["bytes"] += n
     model.train()
+    keys = ("correct", "n", "nll", "ids", "bits", "bytes")
+    total = all_reduce(torch.tensor([float(sums[k]) for k in keys], dtype=torch.float64), world,
+                       device).tolist()
+    sums = dict(zip(keys, total))
     if isinstance(model, BGPTClassifier):
         return {"accuracy": sums["correct"] / max(sums["n"], 1)}
     out = {"loss": sums["nll"] / max(sums["ids"], 1)}
@@ -429,9 +333,12 @@ def evaluate(model, dataset, device, cfg):
 
 
 def evaluate_and_log(run, log, step):
-    result = evaluate(run.model, run.eval_ds, run.device, run.cfg)
-    write_log(log, {"step": step, "eval": result})
-    print(f"step {step:5d} | held-out " + " | ".join(f"{k} {v:.4f}" for k, v in result.items()))
+    """Every process evaluates its share; rank 0 logs and prints the whole set's figures."""
+    result = evaluate(run.model, run.eval_ds, run.device, run.cfg, run.rank, run.world)
+    if run.rank == 0:
+        write_log(log, {"step": step, "eval": result})
+        figures = " | ".join(f"{k} {v:.4f}" for k, v in result.items())
+        print(f"step {step:5d} | held-out {figures}")
     return result
 
 
@@ -441,19 +348,17 @@ def evaluate_and_log(run, log, step):
 
 
 class RunError(Exception):
-    """A run that cannot go on (a non-finite loss, an all-masked batch): train() reports it in
-    one line, outside the loop."""
+    """A run that cannot go on (a non-finite loss, an all-masked batch), reported in one line."""
 
 
 def save(run, step):
     """Every rank's RNG state, then rank 0 writes the checkpoint while the others wait."""
-    rngs = gather_rng_states(run.world)
+    rngs = gather_rng_states(run.world, run.device)
     if run.rank == 0:
         save_checkpoint(run.ckpt_path, model=run.model.state_dict(), step=step,
                         optimizer=run.optimizer.state_dict(), rng=rngs, data=run.data_info,
                         config={"train": asdict(run.cfg), "model": asdict(run.mcfg)})
-    if run.world > 1:
-        dist.barrier()
+    barrier(run.world, run.device)
 
 
 def save_checkpoint(path, **state):
@@ -470,26 +375,6 @@ def save_checkpoint(path, **state):
         if os.path.exists(tmp):
             os.remove(tmp)
         fail(f"could not write {path} ({e.strerror or e}); the previous checkpoint is kept")
-
-
-def rng_state():
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
-    return {"torch": torch.get_rng_state(), "cuda": cuda}
-
-
-def set_rng_state(state):
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def gather_rng_states(world):
-    """Every process's RNG state (dropout differs per process), for an exact resume under DDP."""
-    if world == 1:
-        return [rng_state()]
-    states = [None] * world
-    dist.all_gather_object(states, rng_state())
-    return states
 
 
 class StopSignal:
@@ -571,10 +456,12 @@ def setup(argv=None):
             optimizer.load_state_dict(resumed["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:
             fail(f"--resume: {ckpt_path} does not fit this model ({first_line(e)})")
-        set_hyperparameters(optimizer, cfg)  # the state loaded the saved ones; flags win
+        for group in optimizer.param_groups:  # the state held the saved settings: flags win
+            group["betas"] = (cfg.beta1, cfg.beta2)
+        optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay  # (the matrices' group)
         step = resumed["step"]
         rngs = resumed["rng"]
-        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0])
+        set_rng_state(rngs[rank] if len(rngs) == world else rngs[0], device)
 
     # What sample.py needs to know about the data: the class names and the usual extension.
     last = [s[-1] if isinstance(s, tuple) else s for s in train_ds.sources]
@@ -593,57 +480,45 @@ def setup(argv=None):
 def train(argv=None):
     """Train as the command line says; returns the last evaluation (and the baselines)."""
     run = setup(argv)
-    cfg, model, optimizer, device, step = run.cfg, run.model, run.optimizer, run.device, run.step
-    master, world, P = run.rank == 0, run.world, run.mcfg.patch_size
+    cfg, model, device, step, world = run.cfg, run.model, run.device, run.step, run.world
+    master = run.rank == 0
     if cfg.compile:
         compile_decoders(model)
     fwd = model  # what the step calls: the model itself, or the model wrapped by DDP
     if world > 1:  # DDP: every rank holds the whole model; gradients are averaged in backward
         fwd = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+    batches = batch_loader(run.train_ds, cfg, step * cfg.grad_accum, run.rank, world, device)
     log = open_log(cfg.out_dir, step, run.resumed) if master else None
     if master:
         print_header(run)
     stop, result = StopSignal(), None
+    bad = torch.zeros(2, device=device)  # (first step whose loss was not finite, that loss)
     model.train()
     t0, n_bytes = time.time(), 0
     try:
         while step < cfg.max_steps:
-            loss = 0.0
-            for micro in range(cfg.grad_accum):
-                x, mask, labels = get_batch(run.train_ds, cfg, step * cfg.grad_accum + micro,
-                                            run.rank, world)
-                check_batch(mask, cfg, step)
-                n_bytes += int(mask.sum()) * P * world
-                x, mask, labels = x.to(device), mask.to(device), labels.to(device)
-                # DDP averages gradients across ranks in backward; between micro-steps of one
-                # optimizer step that would be wasted traffic, so only the last one syncs.
-                last = micro == cfg.grad_accum - 1
-                with (nullcontext() if world == 1 or last else fwd.no_sync()), \
-                        autocast(device, cfg.dtype):
-                    _, micro_loss = fwd(x, mask, labels) if cfg.classify else fwd(x, mask)
-                # Each micro-batch's loss is a mean; dividing by grad_accum makes the summed
-                # gradients those of the mean over the step's whole batch.
-                (micro_loss / cfg.grad_accum).backward()
-                loss += micro_loss.item() / cfg.grad_accum
-            loss = all_ranks_mean(loss, world)
-            if not math.isfinite(loss):
-                raise RunError(f"the loss became {loss} at step {step + 1}; the last good "
-                               f"checkpoint ({run.ckpt_path}) is kept. Try a lower --lr")
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            lr = set_lr(optimizer, step, cfg)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss, n = train_step(run, fwd, batches, step)
+            n_bytes += n
             step += 1
+            # The first non-finite loss and its step, noted on the device: no wait for the GPU.
+            new = (bad[0] == 0) & ~loss.isfinite()
+            bad = torch.where(new, torch.stack([torch.full_like(loss, step), loss]), bad)
 
-            if master and (step % cfg.log_interval == 0 or step == cfg.max_steps):
-                log_step(log, cfg, step, loss, lr, time.time() - t0, n_bytes)
-                t0, n_bytes = time.time(), 0
+            logging = step % cfg.log_interval == 0 or step == cfg.max_steps
             evaluating = step % cfg.eval_interval == 0 or step == cfg.max_steps
-            if evaluating and master:
+            stopping = any_rank(stop.received is not None, world, device)
+            saving = evaluating or stopping or step % cfg.save_interval == 0
+            if logging or saving:  # never log, evaluate or save a model gone non-finite
+                check_finite(run, bad)
+            if logging:
+                loss = all_reduce(loss, world, device).item() / world  # the whole batch's
+                if master:
+                    log_step(log, cfg, step, loss, lr_at(step - 1, cfg), time.time() - t0,
+                             n_bytes)
+                t0, n_bytes = time.time(), 0
+            if evaluating:
                 result = evaluate_and_log(run, log, step)
-            stopping = any_rank(stop.received is not None, world)
-            if evaluating or stopping or step % cfg.save_interval == 0:
+            if saving:
                 save(run, step)
                 t0 = time.time()  # evaluation and saving are not training time
             if stopping:
@@ -660,13 +535,54 @@ def train(argv=None):
     return finish(run, log, step, result)
 
 
-def check_batch(mask, cfg, step):
-    """A generative batch needs a byte to predict: with --loss_skip_bytes longer than its files,
-    every patch is masked and the loss would be the NaN of a mean over nothing."""
-    if not cfg.classify and not mask[:, 1:].any():
-        raise RunError(f"step {step + 1}: an all-masked batch, no byte left to predict: "
-                       f"--loss_skip_bytes {cfg.loss_skip_bytes} leaves out every patch of its "
-                       "files (each must be longer than the skipped prefix)")
+def train_step(run, fwd, batches, step):
+    """One optimizer step: grad_accum micro-batches forward and backward, then AdamW. Returns the
+    step's mean loss, left on the device (reading it would make the CPU wait for the GPU), and
+    the bytes it trained on, counted from the CPU's copy of the mask."""
+    cfg, device = run.cfg, run.device
+    loss = torch.zeros((), device=device)
+    n_bytes = 0
+    for micro in range(cfg.grad_accum):
+        x, mask, labels = next(batches)
+        if not cfg.classify and not mask[:, 1:].any():  # a mean over nothing: NaN, not the lr's
+            raise RunError(f"step {step + 1}: an all-masked batch, no byte left to predict: "
+                           f"--loss_skip_bytes {cfg.loss_skip_bytes} leaves out every patch of "
+                           "its files (each must be longer than the skipped prefix)")
+        n_bytes += int(mask.sum()) * run.mcfg.patch_size * run.world
+        # Batches of files longer than the context have no padding: passing no mask then saves
+        # the boolean indexing (each a wait for the GPU) and the copies a mask costs.
+        mask = None if mask.all() else mask.to(device, non_blocking=True)
+        x, labels = x.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        # DDP averages gradients across ranks in backward; between micro-steps of one optimizer
+        # step that would be wasted traffic, so only the last one syncs.
+        last = micro == cfg.grad_accum - 1
+        with (nullcontext() if run.world == 1 or last else fwd.no_sync()), \
+                autocast(device, cfg.dtype):
+            if cfg.classify:
+                _, micro_loss = fwd(x, mask, labels)
+            else:  # the loss only: the model skips building the (B, T - P, 257) logits
+                _, micro_loss = fwd(x, mask, return_logits=False)
+        # Each micro-batch's loss is a mean; dividing by grad_accum makes the summed gradients
+        # those of the mean over the step's whole batch.
+        (micro_loss / cfg.grad_accum).backward()
+        loss += micro_loss.detach() / cfg.grad_accum
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.grad_clip)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return loss, n_bytes
+
+
+def check_finite(run, bad):
+    """Stop if a step's loss was not finite on any process since the run began (bad: the first
+    such step and its loss, kept on the device by the loop). The last checkpoint stays."""
+    first = int(all_reduce(bad[:1].clone(), run.world, run.device, "max"))
+    if first:
+        value = float(bad[1]) if int(bad[0]) == first else "not finite"
+        raise RunError(f"the loss became {value} at step {first}; the last good checkpoint "
+                       f"({run.ckpt_path}) is kept. Try a lower --lr")
 
 
 def print_header(run):
@@ -699,9 +615,9 @@ def log_step(log, cfg, step, loss, lr, dt, n_bytes):
 def finish(run, log, step, result):
     """After the last step: the final evaluation (when none ran: resumed at max_steps), the
     compressors on the same bytes, and the checkpoint's path."""
+    if result is None:
+        result = evaluate_and_log(run, log, step)
     if run.rank == 0:
-        if result is None:
-            result = evaluate_and_log(run, log, step)
         if "content_bpb" in result:
             base, line = compare_with_baselines(result["content_bpb"], run.train_ds, run.eval_ds)
             write_log(log, {"step": step, "baselines": base})

@@ -9,6 +9,7 @@ import sys
 import pytest
 import torch
 
+import devices
 import train
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -42,7 +43,7 @@ def words_dir(tmp_path):
 @pytest.fixture
 def force_native_bf16(monkeypatch):
     """Pretend this CPU has native bf16, so that --dtype auto would pick bf16 here."""
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -56,11 +57,11 @@ def test_dtype_flag_overrides_the_automatic_choice(force_native_bf16):
     cpu = torch.device("cpu")
     for dtype, expected in [("auto", torch.bfloat16), ("bfloat16", torch.bfloat16),
                             ("float32", torch.float32)]:
-        with train.autocast(cpu, dtype):
+        with devices.autocast(cpu, dtype):
             logits, _ = model(x)
         assert logits.dtype == expected, dtype
-    assert train.uses_bf16(torch.device("mps"), "bfloat16")
-    assert not train.uses_bf16(torch.device("cuda"), "float32")
+    assert devices.uses_bf16(torch.device("mps"), "bfloat16")
+    assert not devices.uses_bf16(torch.device("cuda"), "float32")
 
 
 def test_dtype_float32_pins_training_and_evaluation(tmp_path, words_dir, monkeypatch,
@@ -69,7 +70,7 @@ def test_dtype_float32_pins_training_and_evaluation(tmp_path, words_dir, monkeyp
     figures equal to the last digit."""
     common = ["--train_dir", str(words_dir), *TINY, "--max_steps", "2"]
     pinned = train.train([*common, "--out_dir", str(tmp_path / "a"), "--dtype", "float32"])
-    monkeypatch.setattr(train, "cpu_has_bf16", lambda: False)
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)
     plain = train.train([*common, "--out_dir", str(tmp_path / "b")])
     assert pinned["loss"] == plain["loss"] and pinned["content_bpb"] == plain["content_bpb"]
     loss = [r["loss"] for r in records(tmp_path / "a") if "loss" in r]

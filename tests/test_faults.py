@@ -158,8 +158,8 @@ def test_a_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, lo
     forward = train.BGPT.forward
     calls = []
 
-    def nan_at_the_third_training_step(self, x, mask=None):
-        logits, loss = forward(self, x, mask)
+    def nan_at_the_third_training_step(self, x, mask=None, **kwargs):
+        logits, loss = forward(self, x, mask, **kwargs)
         calls.extend([1] if self.training else [])
         return logits, loss * float("nan") if len(calls) == 3 else loss
     monkeypatch.setattr(train.BGPT, "forward", nan_at_the_third_training_step)

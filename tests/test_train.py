@@ -7,6 +7,8 @@ import json
 import pytest
 import torch
 
+import data
+import devices
 import train
 from bgpt import BGPT, convert_official
 from conftest import TINY, load, losses, official_state_dict, run
@@ -94,8 +96,8 @@ def test_grad_accum_equals_one_big_batch(tmp_path, long_dir):
     half = train.TrainConfig(batch_size=4)  # the micro-batches are the big batch's halves:
     ds, _ = train.load_data(train.TrainConfig(train_dir=str(long_dir)), train.BGPTConfig(
         max_patches=16, hidden_size=32, n_heads=2))
-    x8 = train.get_batch(ds, train.TrainConfig(batch_size=8), 1)[0]
-    x4 = torch.cat([train.get_batch(ds, half, 2)[0], train.get_batch(ds, half, 3)[0]])
+    x8 = data.get_batch(ds, train.TrainConfig(batch_size=8), 1)[0]
+    x4 = torch.cat([data.get_batch(ds, half, 2)[0], data.get_batch(ds, half, 3)[0]])
     assert torch.equal(x8, x4)
 
 
@@ -119,7 +121,7 @@ def test_loss_skip_bytes_leaves_the_prefix_out(tmp_path, long_dir):
     """The skipped patches are out of the training mask and of the held-out loss."""
     cfg = train.TrainConfig(train_dir=str(long_dir), batch_size=2, loss_skip_bytes=64)
     ds, held = train.load_data(cfg, train.BGPTConfig(max_patches=16, hidden_size=32, n_heads=2))
-    _, mask, _ = train.get_batch(ds, cfg, 0)
+    _, mask, _ = data.get_batch(ds, cfg, 0)
     assert mask[:, 1:5].sum() == 0 and mask[:, 0].all() and mask[:, 5:].all()
     model = BGPT(train.BGPTConfig(max_patches=16, hidden_size=32, n_heads=2, patch_layers=1,
                                   byte_layers=1))
@@ -208,21 +210,21 @@ def test_init_from_a_patch_size_4_checkpoint(tmp_path, long_dir):
 
 @pytest.mark.parametrize("native_bf16", [False, True])
 def test_autocast_bf16_where_the_cpu_has_it(monkeypatch, request, native_bf16):
-    """train.autocast computes in bf16 on a CPU that lists avx512_bf16 or amx_bf16, in fp32 on
+    """devices.autocast computes in bf16 on a CPU that lists avx512_bf16 or amx_bf16, in fp32 on
     one that does not; the bf16 loss tracks the fp32 one to bf16 precision."""
     flags = "fpu sse2 avx2" + (" avx512f avx512_bf16" if native_bf16 else "")
     real_open = open
     monkeypatch.setattr("builtins.open", lambda path, *a, **k: io.StringIO(f"flags\t: {flags}\n")
                         if path == "/proc/cpuinfo" else real_open(path, *a, **k))
-    train.cpu_has_bf16.cache_clear()  # the answer is cached: read the mocked file, then forget it
-    request.addfinalizer(train.cpu_has_bf16.cache_clear)
-    assert train.cpu_has_bf16() is native_bf16
+    devices.cpu_has_bf16.cache_clear()  # the answer is cached: read the mocked file, then forget it
+    request.addfinalizer(devices.cpu_has_bf16.cache_clear)
+    assert devices.cpu_has_bf16() is native_bf16
     torch.manual_seed(0)
     model = BGPT(train.BGPTConfig(max_patches=8, hidden_size=64, n_heads=2, patch_layers=2,
                                   byte_layers=1, dropout=0.0))
     x = torch.randint(0, 257, (2, 8 * 16))
     _, fp32 = model(x)
-    with train.autocast(torch.device("cpu")):
+    with devices.autocast(torch.device("cpu")):
         logits, loss = model(x)
     assert logits.dtype == (torch.bfloat16 if native_bf16 else torch.float32)
     assert loss.dtype == torch.float32
