@@ -10,7 +10,7 @@ config and the paper's, with the machine's own matmul rate and copy bandwidth as
     python bench.py --kernel                # attention alone: flash.py against SDPA (CUDA only)
 
 On a CPU it runs with the threads torch has (torch.get_num_threads()), in fp32 unless the CPU has
-native bf16 (train.uses_bf16); on a GPU in bf16 autocast. Each (config, phase) runs in a fresh
+native bf16 (devices.uses_bf16); on a GPU in bf16 autocast. Each (config, phase) runs in a fresh
 subprocess, so that each peak memory is its own (RSS is a process-lifetime peak: a paper run
 would otherwise hide the tiny one's, and vice versa).
 
@@ -19,6 +19,10 @@ What it measures:
             inputs: B * max_patches * P input bytes per step, median and range over --steps timed
             steps after --warmup; model FLOPs per step (the formula is in train_flops and printed
             with the table) and their utilisation of this machine's matmul rate; peak memory.
+            Beside it, train.py's own step (train.train_step on the stdlib's files: its loader,
+            masks, AdamW and clipping; real bytes per second) and the time one process takes to
+            build a step's batch. The paper config runs train.py --preset paper's model, at its
+            batch of 16 on a GPU and batch 1 on a CPU.
   generate  bytes per second generating --gen_bytes from a one-patch prompt, batch 1 and 8 (rows
             summed), with the KV caches (BGPT.generate) and without (generate_uncached below
             re-runs the patch decoder over the whole prefix for each patch and the byte decoder
@@ -43,9 +47,11 @@ import time
 import torch
 import torch.nn.functional as F
 
+import data
+import train
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTConfig, sample
 from data import fail
-from train import autocast, compile_decoders, uses_bf16
+from devices import autocast, compile_decoders, uses_bf16
 
 # The two configs of the issue. steps/warmup/gen_repeats are defaults that the flags override.
 CONFIGS = {
@@ -53,9 +59,13 @@ CONFIGS = {
     "tiny": dict(model=dict(hidden_size=128, patch_layers=2, byte_layers=1, n_heads=2,
                             max_patches=64),
                  batch=4, steps=20, warmup=3, gen_repeats=5),
-    # the paper's: hidden 768, 12 + 3 layers, 12 heads of 64, 512 patches (8 KiB), batch 1; a
-    # training step takes seconds and GBs on a CPU, so few steps
-    "paper": dict(model=dict(), batch=1, steps=3, warmup=2, gen_repeats=1),
+    # the paper's, as train.py --preset paper builds it: hidden 768, 12 + 3 layers, 12 heads of
+    # 64, 512 patches (8 KiB), dropout 0.1; its batch of 16 on a GPU; batch 1 on a CPU, where a
+    # training step takes seconds and GBs, so few steps
+    "paper": dict(model={k: v for k, v in train.PRESETS["paper"].items()
+                         if k in BGPTConfig.__dataclass_fields__},
+                  batch=1, cuda_batch=train.PRESETS["paper"]["batch_size"], steps=3, warmup=2,
+                  gen_repeats=1),
 }
 GEN_BATCHES = (1, 8)
 
@@ -112,7 +122,7 @@ def peak_memory(device):
 
 
 def matmul_rate(device, quick=False, repeats=5):
-    """FLOP/s of one large square matmul in the dtype training computes in (train.uses_bf16)."""
+    """FLOP/s of one large square matmul in the dtype training computes in (devices.uses_bf16)."""
     dtype = torch.bfloat16 if uses_bf16(device) else torch.float32
     n = 512 if quick else 2048 if device.type == "cpu" else 8192  # quick: a smoke test only
     a = torch.randn(n, n, device=device, dtype=dtype)
@@ -214,9 +224,11 @@ def generate_uncached(model, x, max_new_bytes, temperature=1.0, top_k=None, top_
 
 def bench_train(name, args, device):
     spec = CONFIGS[name]
-    cfg = BGPTConfig(**spec["model"], checkpoint=args.checkpoint, attention=args.attention,
-                     **({} if args.dropout is None else {"dropout": args.dropout}))
+    cfg = BGPTConfig(**{**spec["model"], "checkpoint": args.checkpoint,
+                        "attention": args.attention,
+                        **({} if args.dropout is None else {"dropout": args.dropout})})
     B, steps = spec["batch"], args.steps or spec["steps"]
+    B = spec.get("cuda_batch", B) if device.type == "cuda" else B
     warmup = spec["warmup"] if args.warmup is None else args.warmup
     torch.manual_seed(0)
     model = BGPT(cfg).to(device).train()
@@ -238,7 +250,7 @@ def bench_train(name, args, device):
     runs = [timed(step, device) for _ in range(steps)]
     seconds = [t for t, _, _ in runs]
     flops, byte_flops = train_flops(cfg, B)
-    return dict(
+    out = dict(
         config=name, phase="train", params=model.num_params(), batch=B, dropout=cfg.dropout,
         checkpoint=cfg.checkpoint,
         bytes_per_step=x.numel(), step_seconds=summary(seconds),
@@ -247,6 +259,33 @@ def bench_train(name, args, device):
         flops_per_second=flops / statistics.median(seconds), peak_memory_bytes=peak_memory(device),
         matmul_flops=matmul_rate(device, quick=args.quick),  # right after the steps: same load
         others_cpu_share=_median_share(runs))
+    return {**out, **bench_train_py_step(cfg, B, args, device, steps, warmup)}
+
+
+def bench_train_py_step(cfg, B, args, device, steps, warmup):
+    """train.py's own step, train.train_step, as `python train.py` runs it on this Python's
+    stdlib: its loader's batches of real files (padded, masked where a file is short), its AdamW
+    (weight-decay groups, fused on CUDA), gradient clipping and learning rate. Also the time
+    one process takes to build one step's batch (data.get_batch), which the loader's worker
+    processes hide on a GPU and which a CPU pays inside every step."""
+    import tempfile
+    model_flags = [f"--{k}={getattr(cfg, k)}" for k in ("hidden_size", "patch_layers",
+                   "byte_layers", "n_heads", "max_patches", "dropout", "attention", "checkpoint")]
+    with tempfile.TemporaryDirectory() as out:  # (setup() writes nothing there)
+        run = train.setup(["--out_dir", out, "--batch_size", str(B), "--device", str(device),
+                           "--max_steps", str(warmup + steps), *model_flags])
+    if args.compile:
+        compile_decoders(run.model)
+    batches = data.batch_loader(run.train_ds, run.cfg, 0, device=device)
+    for i in range(warmup):
+        train.train_step(run, run.model, batches, i)
+    runs = [timed(lambda i=i: train.train_step(run, run.model, batches, warmup + i), device)
+            for i in range(steps)]
+    build = [timed(lambda i=i: data.get_batch(run.train_ds, run.cfg, i), device)[0]
+             for i in range(steps)]
+    return dict(train_py_step_seconds=summary([t for t, _, _ in runs]),
+                train_py_bytes_per_second=summary([r[1] / t for t, _, r in runs]),
+                batch_build_seconds=summary(build))
 
 
 def bench_generate(name, args, device):
@@ -386,6 +425,9 @@ def train_rows(r):
         ("train: utilisation", f"{100 * r['flops_per_second'] / matmul:.0f}%"),
         ("train: peak memory", gib(r["peak_memory_bytes"])),
         ("train: others' CPU use", share(r)),
+        ("train.py step: ms/step, median", f"{1e3 * r['train_py_step_seconds']['median']:,.1f}"),
+        ("train.py step: real bytes/s", rate(r["train_py_bytes_per_second"])),
+        ("train.py: batch building ms/step", f"{1e3 * r['batch_build_seconds']['median']:,.1f}"),
     ]
 
 
