@@ -9,6 +9,8 @@ Use a trained bGPT model (arXiv:2402.19155): generate, continue, convert, classi
     python data.py cpu --out data/cpu --count 1000          # CPU traces in the release's format
     python sample.py --simulate data/cpu/test               # run them, score against rules
     python sample.py --ckpt official:weights-text.pth       # any of the released checkpoints
+    python sample.py --compress FILE --output FILE.bgpt     # arithmetic coding with the model
+    python sample.py --decompress FILE.bgpt --output COPY   # the same model restores FILE
 
 Outputs go to --out_dir; the script prints what it wrote and how many bytes per second it made.
 Each task is a function with keyword arguments, so a notebook runs the same code:
@@ -28,6 +30,7 @@ import torch
 
 import cpu
 from bgpt import BGPT, EOP, BGPTClassifier, BGPTConfig
+from coder import compress, decompress  # noqa: F401 (sample.compress, sample.decompress)
 from data import ByteDataset, HelpFormatter, collate, decode, encode, fail, file_ext, label_of, \
     list_files
 from devices import autocast, pick_device
@@ -73,9 +76,10 @@ def generate(model, prompts, max_new_bytes, *, temperature=1.0, top_k=None, top_
     g = torch.Generator(device=device).manual_seed(seed)
     x = torch.as_tensor(prompts, dtype=torch.long).to(device)
     t0 = time.perf_counter()
-    with autocast(device):
-        new = model.generate(x, max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
-                             generator=g)
+    # In the weights' dtype (fp32), not under bf16 autocast: autocast casts every weight it
+    # multiplies again at every step, which at a step's small batch costs more than bf16 saves.
+    new = model.generate(x, max_new_bytes, temperature=temperature, top_k=top_k, top_p=top_p,
+                         generator=g)
     dt = time.perf_counter() - t0
     rows = new.tolist()
     made = sum((r.index(EOP) + 1 if EOP in r else len(r)) for r in rows)  # padding is not made
@@ -384,6 +388,38 @@ def print_simulation(r):
 
 
 # ---------------------------------------------------------------------------------------------
+# Compression: the model drives an arithmetic coder (coder.py holds the coder and the format)
+
+
+def shown(path):
+    """A path as printable text: bytes of a name that are not UTF-8 as \\xff escapes."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def compress_file(model, path, output, *, batch_size=8):
+    """sample.py --compress: write path's archive to output. Returns its size in bytes."""
+    content, t0 = Path(path).read_bytes(), time.perf_counter()
+    archive = compress(model, content, file_ext(path), batch_size=batch_size)
+    dt = time.perf_counter() - t0
+    write(Path(output), archive)
+    bpb = 8 * len(archive) / len(content) if content else float("nan")
+    print(f"{shown(path)}: {len(content):,} bytes -> {shown(output)}: {len(archive):,} bytes "
+          f"({bpb:.3f} bits per byte) in {dt:.1f} s, {len(content) / max(dt, 1e-9):,.0f} bytes/s")
+    return len(archive)
+
+
+def decompress_file(model, path, output):
+    """sample.py --decompress: restore path's file to output; nothing is written on an error."""
+    archive, t0 = Path(path).read_bytes(), time.perf_counter()
+    content, ext = decompress(model, archive)
+    dt = time.perf_counter() - t0
+    write(Path(output), content)
+    print(f"{shown(path)} -> {shown(output)}: {len(content):,} bytes (extension {ext!r}), "
+          f"CRC-32 checked, in {dt:.1f} s, {len(content) / max(dt, 1e-9):,.0f} bytes/s")
+    return len(content)
+
+
+# ---------------------------------------------------------------------------------------------
 # Command line
 
 
@@ -403,6 +439,15 @@ def build_parser():
     p.add_argument("--classify", default="", metavar="DIR",
                    help="label every file of DIR (classifier checkpoint)")
     p.add_argument("--simulate", default="", metavar="DIR", help="run the .bin CPU traces of DIR")
+    p.add_argument("--compress", default="", metavar="IN",
+                   help="arithmetic-code file IN with the model into --output")
+    p.add_argument("--decompress", default="", metavar="IN",
+                   help="restore the file archived in IN (the same model) into --output")
+    p.add_argument("--output", default="", metavar="OUT",
+                   help="the file --compress or --decompress writes")
+    p.add_argument("--batch_size", type=int, default=8,
+                   help="--compress: chunks of the context coded side by side (the archive "
+                        "records it for the decoder)")
     p.add_argument("--memory_size", type=int, default=cpu.MEMORY_SIZE,
                    help="CPU memory bytes of the traces")
     p.add_argument("--num_registers", type=int, default=cpu.NUM_REGISTERS,
@@ -432,16 +477,22 @@ def main(argv=None):
         fail(f"--temperature must be at least 0 (0 = greedy), not {args.temperature}")
     if args.top_p is not None and not 0 < args.top_p <= 1:
         fail(f"--top_p must be in (0, 1], not {args.top_p}")
-    for flag in ("top_k", "num_samples", "max_new_bytes"):
+    for flag in ("top_k", "num_samples", "max_new_bytes", "batch_size"):
         if getattr(args, flag) is not None and getattr(args, flag) < 1:
             fail(f"--{flag} must be at least 1, not {getattr(args, flag)}")
     if args.show_chars < 0:
         fail(f"--show_chars must be at least 0, not {args.show_chars}")
-    tasks = [flag for flag in ("prompt", "convert", "classify", "simulate") if getattr(args, flag)]
+    tasks = [flag for flag in ("prompt", "convert", "classify", "simulate", "compress",
+                               "decompress") if getattr(args, flag)]
     if len(tasks) > 1:
         fail(f"--{tasks[0]} and --{tasks[1]} are two different tasks: pick one")
     if args.prompt and not os.path.isfile(args.prompt):
         fail(f"--prompt: no such file: {args.prompt}")
+    for flag in ("compress", "decompress"):
+        if getattr(args, flag) and not os.path.isfile(getattr(args, flag)):
+            fail(f"--{flag}: no such file: {getattr(args, flag)}")
+    if bool(args.compress or args.decompress) != bool(args.output):
+        fail("--output OUT goes with --compress IN or --decompress IN")
     if bool(args.convert) != bool(args.to):
         fail("--convert DIR and --to EXT go together")
     if args.simulate:
@@ -470,6 +521,13 @@ def main(argv=None):
             classify(model, info["classes"], args.classify)
         elif args.simulate:
             simulate(model, files, memory_size=args.memory_size, num_registers=args.num_registers)
+        elif args.compress:
+            compress_file(model, args.compress, args.output, batch_size=args.batch_size)
+        elif args.decompress:
+            try:
+                decompress_file(model, args.decompress, args.output)
+            except ValueError as e:  # not an archive, another model, corrupt, ...: name the file
+                fail(f"--decompress: {args.decompress}: {e}")
         else:
             sample_files(model, out_dir=args.out_dir, ext=args.ext or info.get("ext") or "txt",
                          num_samples=args.num_samples, prompt=args.prompt or None,
