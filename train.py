@@ -128,12 +128,11 @@ def parse_args(argv=None):
             default = DEFAULT_MODEL.get(f.name, f.default) if cls is BGPTConfig else f.default
             kind = {bool: _bool, int: int, float: float, str: str}[type(f.default)]
             help = MODEL_HELP.get(f.name, f.metadata["help"])
-            if "(default" not in help:  # (unless the help says what none means)
+            if "(default" not in help:  # the default, where the help does not state it
                 help += f" (default: {'none' if default == '' else default})"
             flag = dict(nargs="?", const=True) if kind is _bool else {}  # "--classify" = true
             group.add_argument(f"--{f.name}", type=kind, default=argparse.SUPPRESS,
-                               metavar=type(f.default).__name__, **flag,
-                               help=help)
+                               metavar=type(f.default).__name__, help=help, **flag)
     given = vars(parser.parse_args(argv))  # only the flags actually typed (defaults suppressed)
     if given.get("preset", "") not in ("", *PRESETS):
         fail(f"--preset must be one of {', '.join(PRESETS)}, not {given['preset']!r}")
