@@ -22,8 +22,10 @@ def test_quick_run_prints_the_table_and_writes_the_figures(tmp_path):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "train: bytes/s" in proc.stdout and "generate: b1 cached bytes/s" in proc.stdout
-    train, gen = json.loads(path.read_text())["results"]
+    train, gen, comp = json.loads(path.read_text())["results"]
     assert (train["config"], train["phase"], gen["phase"]) == ("tiny", "train", "generate")
+    assert comp["phase"] == "compress" and comp["b1_bytes"] == 20 and comp["b1_round_trip"]
+    assert comp["b1_compress_bytes_per_second"]["median"] > 0
     assert train["matmul_flops"] > 0 and gen["copy_bytes_per_second"] > 0
     assert train["bytes_per_step"] == 4 * 64 * 16 and train["step_seconds"]["n"] == 1
     assert train["bytes_per_second"]["median"] > 0 and train["peak_memory_bytes"] > 0
