@@ -308,9 +308,10 @@ def decompress(model, archive):
             content = b"".join(chunks)
             if dec.pos != len(dec.stream) or zlib.crc32(content) != h["crc"]:
                 raise ValueError("the decoded bytes fail the archive's CRC-32: it is corrupt")
-        except ValueError as e:
+        except ValueError:
             if h["platform"] == here:
                 raise
             raise ValueError(f"cannot restore the file: it was coded on {h['platform']!r} and this "
-                             f"is {here!r}, where the model's floats differ ({e})") from None
+                             f"is {here!r}, whose floats differ, so the stream decodes to garbage "
+                             "here (decode it on a machine like the first)") from None
     return content, h["ext"]

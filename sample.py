@@ -1,5 +1,6 @@
 """
-Use a trained bGPT model (arXiv:2402.19155): generate, continue, convert, classify, simulate a CPU.
+Use a trained bGPT model (arXiv:2402.19155): generate, continue, convert, classify, simulate a CPU,
+and compress files with it (arithmetic coding: coder.py).
 
     python sample.py                                       # new files from out/ckpt.pt
     python sample.py --ext txt --num_samples 4 --top_p 0.9  # new files of a type
@@ -18,6 +19,7 @@ Each task is a function with keyword arguments, so a notebook runs the same code
     model, info = sample.load_model("out/ckpt.pt")
     sample.sample_files(model, out_dir="samples", ext="py", num_samples=2, top_p=0.9)
     sample.simulate(model, files, memory_size=64, num_registers=10)
+    archive = sample.compress(model, content, "txt")  # and back: sample.decompress(model, archive)
 """
 
 import argparse
