@@ -26,9 +26,9 @@ flagged in the header, so an archive is never much larger than its file.
 The decoder must compute the encoder's probabilities bit for bit: one float that differs in the
 last place can move a count, and every byte after it decodes as garbage. So both sides take their
 logits from bgpt.Stepper, the cached one-step path, on the same shapes (the same batches of
-chunks, the same rows in them), in fp32 (never under autocast; on a GPU without TF32), with the
-thread count the encoder used (it changes how a matmul splits its sums, so the rounding), read
-from the header. What no setting fixes is the machine: another CPU's kernels (AVX2 against
+chunks, the same rows in them), in full fp32 (never under autocast, no TF32 or bf16 inside fp32
+matmuls), with the thread count the encoder used (it can change how a matmul splits its sums, so
+the rounding), read from the header. What no setting fixes is the machine: another CPU's kernels (AVX2 against
 AVX512) or a GPU round differently. The header names the platform that coded the archive and
 carries a CRC-32 of the content, so a decoder elsewhere either restores the file exactly or says
 why it cannot.
@@ -160,22 +160,23 @@ def coding_platform(model, device, threads):
 
 @contextmanager
 def coding_settings(model, threads):
-    """fp32 and `threads` threads while coding, whatever the caller had; eval mode (no dropout)."""
+    """fp32 and `threads` threads while coding, whatever the caller had: no autocast, and fp32
+    matmuls in full precision ("highest": no TF32 on a GPU, no bf16 inside oneDNN's fp32 matmuls
+    on a CPU, which "medium" allows); eval mode (no dropout)."""
     device = next(model.parameters()).device
     if any(p.dtype != torch.float32 for p in model.parameters()):
         raise ValueError("the coder computes in fp32: load the model with float32 weights")
-    saved = (torch.get_num_threads(), torch.backends.cuda.matmul.allow_tf32,
-             torch.backends.cudnn.allow_tf32, model.training)
+    saved = torch.get_num_threads(), torch.get_float32_matmul_precision(), model.training
     torch.set_num_threads(threads)
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
     model.eval()
     try:
         with torch.inference_mode(), torch.autocast(device.type, enabled=False):
             yield device
     finally:
         torch.set_num_threads(saved[0])
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[1:3]
-        model.train(saved[3])
+        torch.set_float32_matmul_precision(saved[1])
+        model.train(saved[2])
 
 
 def code_chunks(model, lengths, ext, batch_size, symbol, batch_done=lambda rows: None):
