@@ -28,16 +28,18 @@ last place can move a count, and every byte after it decodes as garbage. So both
 logits from bgpt.Stepper, the cached one-step path, on the same shapes (the same batches of
 chunks, the same rows in them), in full fp32 (never under autocast, no TF32 or bf16 inside fp32
 matmuls), with the thread count the encoder used (it can change how a matmul splits its sums, so
-the rounding), read from the header. What no setting fixes is the machine: another CPU's kernels (AVX2 against
-AVX512) or a GPU round differently. The header names the platform that coded the archive and
-carries a CRC-32 of the content, so a decoder elsewhere either restores the file exactly or says
-why it cannot.
+the rounding), read from the header. What no setting fixes is the machine: another CPU's kernels
+(AVX2 against AVX512) or a GPU round differently. So the header names the platform that coded the
+archive and holds a CRC-32 of the first byte's counts and one of the content: a decoder whose
+floats differ says so before it decodes (or, where they part later, after), and one that
+succeeds has restored the file exactly.
 """
 
 import bisect
 import hashlib
 import json
 import math
+import platform
 import struct
 import zlib
 from contextlib import contextmanager
@@ -50,10 +52,11 @@ from data import encode
 ARCHIVE_MAGIC = b"bGPT"
 ARCHIVE_VERSION = 1
 # magic, version | fingerprint of the model, content length, batch B, threads, CRC-32 of the
-# content; the extension and the platform (a length byte each); a bit per chunk, 1 if stored raw;
-# a CRC-32 of all that. Then the raw chunks' bytes, then the range coder's stream.
+# content, CRC-32 of the first step's counts (see probe); the extension and the platform (a length
+# byte each); a bit per chunk, 1 if stored raw; a CRC-32 of all that. Then the raw chunks' bytes,
+# then the range coder's stream.
 ARCHIVE_HEAD = struct.Struct("<4sB")
-ARCHIVE_FIELDS = struct.Struct("<8sQHHI")
+ARCHIVE_FIELDS = struct.Struct("<8sQHHII")
 # The model's 256 byte probabilities become integer counts summing to at most COUNT_TOTAL:
 # count = 1 + floor(p * (COUNT_TOTAL - 256)). The 1 is the floor: a byte the model thinks
 # impossible must still be codable. The counts sum to at most 2^16 (the p sum to 1, up to float
@@ -151,11 +154,35 @@ def fingerprint(model):
 
 
 def coding_platform(model, device, threads):
-    """What besides the weights decides the floats: the kernels (CPU vector width or GPU), the
-    threads, torch, the attention code. Stored in the header to name a mismatch."""
-    kind = (f"cuda {torch.cuda.get_device_name(device)}" if device.type == "cuda" else
-            f"{device.type} {torch.backends.cpu.get_cpu_capability()} {threads} threads")
+    """What besides the weights decides the floats: the kernels (the GPU, or the CPU and the
+    vector width torch's own kernels use), the threads, torch, the attention code. Stored in the
+    header to name a mismatch."""
+    if device.type == "cuda":
+        kind = f"cuda {torch.cuda.get_device_name(device)}"
+    else:
+        kind = f"{device.type} {cpu_name()} {torch.backends.cpu.get_cpu_capability()} x{threads}"
     return f"{kind}, torch {torch.__version__}, attention {model.config.attention}"
+
+
+def cpu_name():
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        return names[0]
+    except (OSError, IndexError):
+        return platform.processor() or platform.machine()
+
+
+def probe(model, ext, rows):
+    """CRC-32 of the counts of a chunk's first byte, computed on `rows` rows as the first batch
+    codes it. Counts that differ here mean this machine's floats differ from the encoder's: the
+    decoder says so before it decodes a byte (later steps can still differ: the CRC of the
+    content is the final word)."""
+    if rows == 0:
+        return 0
+    x = torch.tensor([encode(b"", ext, model.config.patch_size)[:model.config.patch_size]] * rows,
+                     device=next(model.parameters()).device)  # (B, P): header patches
+    return zlib.crc32(str(byte_counts(Stepper(model, x).logits)).encode())
 
 
 @contextmanager
@@ -233,12 +260,13 @@ def compress(model, content, ext="", *, batch_size=8):
 
     with coding_settings(model, threads) as device:
         code_chunks(model, [len(c) for c in chunks], ext, batch_size, symbol, batch_done)
-        platform = coding_platform(model, device, threads).encode()[:255]
+        first = probe(model, ext, min(batch_size, len(chunks)))
+        where = coding_platform(model, device, threads).encode()[:255]
     flags = sum(1 << i for i, r in enumerate(raw) if r).to_bytes(-(-len(chunks) // 8), "little")
     head = (ARCHIVE_HEAD.pack(ARCHIVE_MAGIC, ARCHIVE_VERSION)
             + ARCHIVE_FIELDS.pack(fingerprint(model), len(content), batch_size, threads,
-                                  zlib.crc32(content))
-            + bytes([len(raw_ext)]) + raw_ext + bytes([len(platform)]) + platform + flags)
+                                  zlib.crc32(content), first)
+            + bytes([len(raw_ext)]) + raw_ext + bytes([len(where)]) + where + flags)
     stored = b"".join(c for c, r in zip(chunks, raw) if r)
     return head + zlib.crc32(head).to_bytes(4, "little") + stored + enc.finish()
 
@@ -256,11 +284,11 @@ def read_header(model, archive):
         fields = ARCHIVE_FIELDS.unpack_from(archive, ARCHIVE_HEAD.size)
         ext = archive[at + 1:at + 1 + archive[at]]
         at += 1 + len(ext)
-        platform = archive[at + 1:at + 1 + archive[at]].decode(errors="replace")
+        where = archive[at + 1:at + 1 + archive[at]].decode(errors="replace")
         at += 1 + archive[at]
     except (struct.error, IndexError):
         raise ValueError("the archive is truncated (its header is incomplete)") from None
-    length, batch_size, threads, content_crc = fields[1:]
+    length, batch_size, threads, content_crc, first = fields[1:]
     S = (model.config.max_patches - 1) * model.config.patch_size
     n_chunks = -(-length // S)
     flags = archive[at:at + -(-n_chunks // 8)]
@@ -274,7 +302,8 @@ def read_header(model, archive):
                          f"{fields[0].hex()}; this model's is {mine.hex()})")
     raw = [bool(flags[i // 8] >> (i % 8) & 1) for i in range(n_chunks)]
     return dict(length=length, batch_size=batch_size, threads=threads, crc=content_crc, raw=raw,
-                ext=ext.decode("utf-8", "surrogateescape"), platform=platform, body=at + 4)
+                probe=first, ext=ext.decode("utf-8", "surrogateescape"), platform=where,
+                body=at + 4)
 
 
 def decompress(model, archive):
@@ -304,15 +333,21 @@ def decompress(model, archive):
 
     with coding_settings(model, h["threads"]) as device:
         here = coding_platform(model, device, h["threads"])
+        floats = (f"this machine computes the model's floats differently from the one that coded "
+                  f"the archive ({h['platform']!r}; this is {here!r}), so its stream cannot "
+                  "decode here: decode it on a machine like the first")
+        if not all(h["raw"]) and probe(model, h["ext"], min(h["batch_size"], len(lengths))) \
+                != h["probe"]:
+            raise ValueError(floats)
         try:
             code_chunks(model, lengths, h["ext"], h["batch_size"], symbol)
             content = b"".join(chunks)
             if dec.pos != len(dec.stream) or zlib.crc32(content) != h["crc"]:
                 raise ValueError("the decoded bytes fail the archive's CRC-32: it is corrupt")
-        except ValueError:
-            if h["platform"] == here:
-                raise
-            raise ValueError(f"cannot restore the file: it was coded on {h['platform']!r} and this "
-                             f"is {here!r}, whose floats differ, so the stream decodes to garbage "
-                             "here (decode it on a machine like the first)") from None
+        except ValueError as e:
+            if h["platform"] != here:
+                raise ValueError(floats) from None
+            raise ValueError(f"{e} (or this machine's floats part from the encoder's within the "
+                             f"file, though both are {here!r}: a library setting such as "
+                             "MKL_ENABLE_INSTRUCTIONS can do that)") from None
     return content, h["ext"]

@@ -8,6 +8,7 @@ import os
 import random
 import subprocess
 import sys
+import zlib
 from dataclasses import asdict
 from pathlib import Path
 
@@ -227,19 +228,35 @@ def test_refusals(tmp_path, archived, capsys):
         assert "corrupt" in refused(tmp_path, ckpt, bytes(bad), capsys)
 
 
-def test_a_platform_mismatch_is_named(archived):
-    """An archive coded elsewhere whose stream does not decode here names both platforms."""
-    _, archive, model = archived
+def rebuilt(model, archive, platform=None, probe=None):
+    """The archive with its header's platform or first-byte CRC replaced (and its CRC redone)."""
     h = coder.read_header(model, archive)
-    ext = h["ext"].encode()
-    at = coder.ARCHIVE_HEAD.size + coder.ARCHIVE_FIELDS.size + 1 + len(ext)
-    other = b"cuda NVIDIA H100 80GB HBM3, torch 2.13.0"
-    head = archive[:at] + bytes([len(other)]) + other + archive[at + 1 + archive[at]:h["body"] - 4]
-    stream = bytearray(archive[h["body"]:])
-    stream[len(stream) // 2] ^= 0x10  # its floats, and so its counts, differ from this machine's
-    moved = head + coder.zlib.crc32(head).to_bytes(4, "little") + stream
-    with pytest.raises(ValueError, match="coded on 'cuda NVIDIA H100.*and this is 'cpu"):
-        sample.decompress(model, moved)
+    fields_at = coder.ARCHIVE_HEAD.size
+    ext_at = fields_at + coder.ARCHIVE_FIELDS.size
+    where_at = ext_at + 1 + archive[ext_at]
+    fields = list(coder.ARCHIVE_FIELDS.unpack_from(archive, fields_at))
+    fields[-1] = fields[-1] if probe is None else probe
+    where = h["platform"].encode() if platform is None else platform
+    head = (archive[:fields_at] + coder.ARCHIVE_FIELDS.pack(*fields) + archive[ext_at:where_at]
+            + bytes([len(where)]) + where + archive[where_at + 1 + archive[where_at]:h["body"] - 4])
+    return head + zlib.crc32(head).to_bytes(4, "little") + archive[h["body"]:]
+
+
+def test_a_machine_whose_floats_differ_is_named(archived):
+    """Counts of the first byte that differ from the encoder's (as on a CPU with other vector
+    kernels, here faked in the header) stop the decoder before it decodes, naming both
+    platforms; a stream that fails later on another platform is blamed on the floats too."""
+    _, archive, model = archived
+    assert sample.decompress(model, rebuilt(model, archive))[0] == word_salad(200)
+    first = coder.read_header(model, archive)["probe"]
+    with pytest.raises(ValueError, match="computes the model's floats differently.*'cpu .* x1, "
+                                         "torch .*; this is 'cpu "):
+        sample.decompress(model, rebuilt(model, archive, probe=first ^ 1))
+    moved = bytearray(rebuilt(model, archive, platform=b"cuda NVIDIA H100 80GB HBM3, torch 2.13"))
+    moved[(coder.read_header(model, bytes(moved))["body"] + len(moved)) // 2] ^= 0x10
+    with pytest.raises(ValueError, match="floats differently from the one that coded the archive "
+                                         r"\('cuda NVIDIA H100.*this is 'cpu"):
+        sample.decompress(model, bytes(moved))
 
 
 # ---------------------------------------------------------------------------------------------
