@@ -1,0 +1,144 @@
+"""Helpers the tutorial notebooks share, so that their cells show the idea and not the plumbing.
+
+The notebooks run with notebooks/ as their working directory and put the repository root on
+sys.path first (to import bgpt, data, train); then `import helpers` finds this file. Tests
+import it as `from notebooks import helpers` (pytest puts the root on sys.path).
+
+    draw_model   the figure of the whole model with the shape of every tensor (notebook 01)
+    command      the train.py command line of a run, as typed from the repository root
+    read_log     a run's log.jsonl: training lines, evaluations, the compressors' figures
+    best         the best compressor of one family (classic or learned) on the held-out bytes
+    compare      the model beside the best compressors, and which of them it beats
+    mean_spread  "mean ± std (min-max, n seeds)" of accuracies over seeds
+"""
+
+import json
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import FancyBboxPatch
+
+import data
+
+# ---------------------------------------------------------------------------------------------
+# The model figure
+
+
+def draw_model(P=16, N=512, C=768, V=257, patch_layers=12, byte_layers=3):
+    """bGPT drawn top to bottom, one box per step with the tensor's shape after it (B: files in
+    a batch). Blue runs once per patch, green once per byte, orange is the one-patch shift; the
+    red side boxes are the position embeddings. The defaults are the paper's model. Returns the
+    figure."""
+    M = f"B·{N - 1}"  # B·(N-1) rows: one per predicted patch
+    steps = [  # (what happens, the tensor's shape after it, colour): top to bottom
+        ("a file: header patch + content + end patch", "bytes", "white"),
+        ("ids, a header patch first", f"(B, T) = (B, {N * P})", "white"),
+        (f"patches: view the ids {P} at a time", f"(B, N, P) = (B, {N}, {P})", "white"),
+        (f"patch embedding: the sum of {P} rows of a ({P * V}, {C}) table",
+         f"(B, N, C) = (B, {N}, {C})", "#dbe9f6"),
+        (f"patch decoder: {patch_layers} GPT-2 blocks, causal over patches",
+         f"(B, N, C) = (B, {N}, {C})", "#dbe9f6"),
+        ("one-patch shift: features 0..N-2 meet patches 1..N-1",
+         "(B·(N-1), C) and (B·(N-1), P) targets", "#fde9d0"),
+        (f"byte decoder input: [feature, emb(b0), ..., emb(b{P - 2})]",
+         f"(B·(N-1), P, C) = ({M}, {P}, {C})", "#e3f1df"),
+        (f"byte decoder: {byte_layers} GPT-2 blocks, causal over {P} bytes",
+         f"(B·(N-1), P, C) = ({M}, {P}, {C})", "#e3f1df"),
+        ("tied output layer (the byte embedding, transposed)",
+         f"logits (B·(N-1), P, V) = ({M}, {P}, {V})", "#e3f1df"),
+    ]
+    fig, ax = plt.subplots(figsize=(10, 7.4))
+    ax.set(xlim=(0, 10), ylim=(-0.6, len(steps) - 0.3))
+    ax.axis("off")
+    y = [len(steps) - 1 - i for i in range(len(steps))]  # the row of step i, top to bottom
+    for i, (text, shape, colour) in enumerate(steps):
+        ax.add_patch(FancyBboxPatch((0.2, y[i] - 0.3), 6.1, 0.6, boxstyle="round,pad=0.02",
+                                    fc=colour, ec="black"))
+        ax.text(0.35, y[i] + 0.1, text, va="center", fontsize=10)
+        ax.text(0.35, y[i] - 0.15, shape, va="center", fontsize=10, family="monospace",
+                color="#1f4e9c")
+        if i:  # an arrow from the step above
+            ax.annotate("", (3.25, y[i] + 0.3), (3.25, y[i - 1] - 0.3),
+                        arrowprops=dict(arrowstyle="->", lw=1.5))
+
+    def side(row, text, target_row):  # a box right of the column, an arrow into target_row
+        ax.add_patch(FancyBboxPatch((7.0, row - 0.35), 2.8, 0.7, boxstyle="round,pad=0.02",
+                                    fc="#f6dcdc", ec="black"))
+        ax.text(8.4, row, text, ha="center", va="center", fontsize=9)
+        ax.annotate("", (6.3, target_row), (7.0, row),
+                    arrowprops=dict(arrowstyle="->", color="#b03a2e"))
+
+    side(y[3] + 0.4, f"+ patch position embedding\n({N}, {C}): one row per patch,\n"
+         "added at the decoder's input", y[3])
+    side(y[6] + 0.1, f"+ byte position embedding\n({P}, {C}): one row per slot,\n"
+         "added at the decoder's input", y[6])
+    # The road that skips the patch decoder: the target patches, straight from the input.
+    ax.annotate("", (6.3, y[5]), (6.3, y[2]), arrowprops=dict(
+        arrowstyle="->", ls="--", color="gray", connectionstyle="bar,fraction=-0.15"))
+    ax.text(7.0, (y[2] + y[5]) / 2 - 0.4,
+            "patches 1..N-1 skip the patch\ndecoder: they are the targets,\n"
+            f"and their bytes b0..b{P - 2} fill\nslots 1..{P - 1} of the byte decoder",
+            fontsize=9, color="dimgray", va="center")
+    ax.text(7.0, y[8], "logits[:, j] predicts\nbyte j of patch i+1\n"
+            "(the header is never predicted)", fontsize=9, va="center")
+    ax.set_title(f"bGPT: P = {P}, N = {N} ({N * P:,} bytes), C = {C}, V = {V}", fontsize=12)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs: their command line and their log
+
+
+def command(flags):
+    """The same run from the repository root (the notebooks' paths start with ../)."""
+    return "python train.py " + " ".join(f.replace("../", "") for f in flags)
+
+
+def read_log(run):
+    """(training records, [(step, evaluation)], baselines or None) from run/log.jsonl: a record
+    per log line ("loss"), per evaluation ("eval") and the compressors train.py ran at the end
+    ("baselines"), on exactly the held-out bytes the model was scored on."""
+    records = [json.loads(line) for line in open(f"{run}/log.jsonl")]
+    steps = [r for r in records if "loss" in r]
+    evals = [(r["step"], r["eval"]) for r in records if "eval" in r]
+    return steps, evals, next((r["baselines"] for r in records if "baselines" in r), None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The model against the compressors
+
+
+def best(base, kind):
+    """(name, bits per byte) of the best "classic" compressor in base (data.CLASSIC: each file
+    alone) or the best "learned" one (primed with the training split). base: a baselines record
+    (data.baselines); its "best_*" summaries are skipped."""
+    family = {k: v for k, v in base.items()
+              if not k.startswith("best_") and (k in data.CLASSIC) == (kind == "classic")}
+    return min(family.items(), key=lambda item: item[1])
+
+
+def compare(model_name, model_bpb, base, codec=None):
+    """Print the model beside the best classic compressor, the best learned one and, if given,
+    the format's own codec (name, bits per byte), all on the same bytes; then every compressor,
+    and the model against the best of them (the one a skeptic would name). Returns the rows."""
+    rows = [(model_name, model_bpb)] + [(f"best {kind}: {name}", bpb)
+                                        for kind in ("classic", "learned")
+                                        for name, bpb in [best(base, kind)]]
+    rows += [codec] if codec else []
+    for name, bpb in rows:
+        print(f"{name:32s} {bpb:6.3f} bits per byte")
+    print("every compressor: " + ", ".join(f"{k} {v:.3f}" for k, v in base.items()
+                                           if not k.startswith("best_")))
+    name, lowest = min(rows[1:], key=lambda r: r[1])
+    saving = 1 - model_bpb / lowest
+    print(f"\nagainst the best of them ({name}): bGPT spends {abs(saving):.0%} "
+          + ("fewer bits" if saving >= 0 else "MORE bits: the compressor wins"))
+    return rows
+
+
+def mean_spread(values):
+    """'mean ± standard deviation (min-max, n seeds)' of accuracies (fractions)."""
+    v = np.array(values)
+    spread = v.std(ddof=1) if len(v) > 1 else 0
+    return f"{v.mean():.1%} ± {spread:.1%} ({v.min():.1%}-{v.max():.1%}, {len(v)} seeds)"

@@ -1,0 +1,63 @@
+"""notebooks/helpers.py, the code the tutorial notebooks share: what its figure labels and what
+its comparisons print are what the notebooks' prose quotes."""
+
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display: the figure is only inspected
+import matplotlib.pyplot as plt  # noqa: E402
+
+from notebooks import helpers  # noqa: E402
+
+# A baselines record as data.baselines writes it (bits per byte), with its two summaries.
+BASE = {"deflate": 4.3, "lzma2": 4.7, "bzip2": 4.8, "brotli": 3.8, "zstd": 4.4,
+        "best_classic": 3.8, "ppmd": 1.1, "zstd_dict": 2.3, "best_learned": 1.1}
+
+
+def test_best_picks_the_lowest_of_each_family():
+    assert helpers.best(BASE, "classic") == ("brotli", 3.8)
+    assert helpers.best(BASE, "learned") == ("ppmd", 1.1)
+
+
+def test_compare_sets_the_model_against_the_strongest(capsys):
+    rows = helpers.compare("bGPT", 2.2, BASE)
+    assert rows == [("bGPT", 2.2), ("best classic: brotli", 3.8), ("best learned: ppmd", 1.1)]
+    out = capsys.readouterr().out
+    assert "against the best of them (best learned: ppmd): bGPT spends 100% MORE bits" in out
+    assert "best_" not in out.split("every compressor:")[1]  # the summaries are not compressors
+    rows = helpers.compare("bGPT", 0.9, BASE, codec=("PNG", 1.5))  # a format's own codec
+    assert rows[-1] == ("PNG", 1.5)
+    assert "(best learned: ppmd): bGPT spends 18% fewer bits" in capsys.readouterr().out
+
+
+def test_read_log_splits_the_records(tmp_path):
+    records = [{"step": 10, "loss": 2.0, "bpb": 2.9}, {"step": 10, "eval": {"bpb": 3.1}},
+               {"step": 20, "loss": 1.5, "bpb": 2.2}, {"step": 20, "baselines": BASE}]
+    (tmp_path / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    steps, evals, base = helpers.read_log(tmp_path)
+    assert [r["step"] for r in steps] == [10, 20]
+    assert evals == [(10, {"bpb": 3.1})]
+    assert base == BASE
+    (tmp_path / "log.jsonl").write_text(json.dumps(records[0]) + "\n")
+    assert helpers.read_log(tmp_path)[2] is None  # a run that has not finished
+
+
+def test_command_is_typed_from_the_repository_root():
+    flags = ["--train_dir", "../data/x/train", "--out_dir", "../out/x", "--max_steps", "5"]
+    assert helpers.command(flags) == ("python train.py --train_dir data/x/train --out_dir out/x "
+                                      "--max_steps 5")
+
+
+def test_mean_spread():
+    assert helpers.mean_spread([0.5, 0.7]) == "60.0% ± 14.1% (50.0%-70.0%, 2 seeds)"
+    assert helpers.mean_spread([0.5]) == "50.0% ± 0.0% (50.0%-50.0%, 1 seeds)"
+
+
+def test_draw_model_labels_the_shapes_of_the_size_given():
+    fig = helpers.draw_model(P=4, N=8, C=32, patch_layers=2, byte_layers=1)
+    texts = [t.get_text() for t in fig.axes[0].texts]
+    plt.close(fig)
+    assert "(B, N, P) = (B, 8, 4)" in texts
+    assert "logits (B·(N-1), P, V) = (B·7, 4, 257)" in texts
+    assert "patch decoder: 2 GPT-2 blocks, causal over patches" in texts
