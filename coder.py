@@ -206,6 +206,14 @@ def coding_settings(model, threads):
         model.train(saved[2])
 
 
+def chunk_size(model):
+    """Content bytes per chunk: the context less its header patch (63 x 16 = 1,008 at the tiny
+    config, 511 x 16 = 8,176 at the paper's)."""
+    if model.config.max_patches < 2:
+        raise ValueError("a one-patch context holds the header and no content: nothing to code")
+    return (model.config.max_patches - 1) * model.config.patch_size
+
+
 def code_chunks(model, lengths, ext, batch_size, symbol, batch_done=lambda rows: None):
     """Run chunks of these lengths through bgpt.Stepper, batch_size side by side, and call
     symbol(i, t, cum) for byte t of chunk i with its cumulative counts; symbol returns the byte
@@ -238,7 +246,7 @@ def compress(model, content, ext="", *, batch_size=8):
         raise ValueError(f"the extension has {len(raw_ext)} bytes; an archive holds at most 255")
     if not 1 <= batch_size < 1 << 16:
         raise ValueError(f"batch_size must be in 1..65535, not {batch_size}")
-    S = (model.config.max_patches - 1) * model.config.patch_size  # content bytes per chunk
+    S = chunk_size(model)
     chunks = [content[i:i + S] for i in range(0, len(content), S)]
     threads, enc, raw, batch = torch.get_num_threads(), RangeEncoder(), [], []
 
@@ -289,7 +297,7 @@ def read_header(model, archive):
     except (struct.error, IndexError):
         raise ValueError("the archive is truncated (its header is incomplete)") from None
     length, batch_size, threads, content_crc, first = fields[1:]
-    S = (model.config.max_patches - 1) * model.config.patch_size
+    S = chunk_size(model)
     n_chunks = -(-length // S)
     flags = archive[at:at + -(-n_chunks // 8)]
     at += -(-n_chunks // 8)
@@ -312,7 +320,7 @@ def decompress(model, archive):
     whose floats differ from this one's."""
     archive = bytes(archive)
     h = read_header(model, archive)
-    S = (model.config.max_patches - 1) * model.config.patch_size
+    S = chunk_size(model)
     lengths = [min(S, h["length"] - i) for i in range(0, h["length"], S)]
     chunks, at = [], h["body"]
     for n, raw in zip(lengths, h["raw"]):  # the raw chunks' bytes come first, then the stream
