@@ -263,6 +263,21 @@ def test_a_machine_whose_floats_differ_is_named(archived):
 # Another process, other defaults
 
 
+def test_the_decoder_runs_with_the_encoders_thread_count(monkeypatch, coded):
+    """The thread count can change a matmul's rounding: the header carries the encoder's and the
+    decoder computes with it, then hands the caller's back."""
+    model, seen = tiny(), []
+    counts = coder.byte_counts
+    monkeypatch.setattr(coder, "byte_counts",
+                        lambda logits: seen.append(torch.get_num_threads()) or counts(logits))
+    torch.set_num_threads(2)
+    archive = sample.compress(model, CONTENTS["several contexts"], "txt")
+    torch.set_num_threads(1)
+    seen.clear()
+    assert sample.decompress(model, archive)[0] == CONTENTS["several contexts"]
+    assert set(seen) == {2} and torch.get_num_threads() == 1
+
+
 @pytest.mark.slow
 def test_another_process_with_other_thread_defaults_restores_the_file(tmp_path, capsys, coded):
     model = tiny()
