@@ -515,11 +515,12 @@ def train(argv=None):
                     log_step(log, cfg, step, loss, lr_at(step - 1, cfg), time.time() - t0,
                              n_bytes)
                 t0, n_bytes = time.time(), 0
+            paused = time.time()
             if evaluating:
                 result = evaluate_and_log(run, log, step)
             if saving:
                 save(run, step)
-                t0 = time.time()  # evaluation and saving are not training time
+            t0 += time.time() - paused  # evaluation and saving are not training time
             if stopping:
                 break
     except RunError as e:

@@ -11,17 +11,10 @@ import torch
 
 import devices
 import train
+from conftest import ROOT, TINY, run
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = ["--hidden_size", "32", "--n_heads", "2", "--patch_layers", "1", "--byte_layers", "1",
-        "--max_patches", "16", "--batch_size", "2", "--warmup_steps", "2", "--log_interval", "2",
-        "--eval_interval", "100", "--eval_max_files", "4"]
-
-
-def run(script, *args):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, os.path.join(ROOT, script), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300, env=env)
+# conftest's tiny model, evaluated only when a test asks (and then on 4 files)
+TINY = [*TINY, "--eval_interval", "100", "--eval_max_files", "4"]
 
 
 def records(out_dir):
@@ -280,3 +273,25 @@ def test_sample_only_names_live_in_sample_and_baselines_beside_the_baselines():
     for name in ("compare_with_baselines", "scored_contents", "training_contents"):
         assert callable(getattr(data, name))
         assert vars(train).get(name, getattr(data, name)) is getattr(data, name)  # no copy
+
+
+def test_time_spent_evaluating_and_saving_is_left_out_of_the_next_log_line(tmp_path, words_dir,
+                                                                             monkeypatch):
+    """A fake clock: each training step takes 1 s, each evaluation and checkpoint 100 s. With an
+    evaluation between two log lines, the log still says 1,000 ms per step."""
+    clock = [0.0]
+    monkeypatch.setattr(train.time, "time", lambda: clock[0])
+
+    def slow(f, seconds):
+        def wrapped(*a, **k):
+            clock[0] += seconds
+            return f(*a, **k)
+        return wrapped
+    monkeypatch.setattr(train, "train_step", slow(train.train_step, 1.0))
+    monkeypatch.setattr(train, "evaluate_and_log", slow(train.evaluate_and_log, 100.0))
+    monkeypatch.setattr(train, "save", slow(train.save, 100.0))
+    train.train(["--train_dir", str(words_dir), *TINY, "--max_steps", "8", "--log_interval", "4",
+                 "--eval_interval", "3", "--out_dir", str(tmp_path / "out")])
+    steps = [r for r in records(tmp_path / "out") if "ms_per_step" in r]
+    assert [r["step"] for r in steps] == [4, 8]
+    assert [r["ms_per_step"] for r in steps] == [1000.0, 1000.0]
