@@ -37,6 +37,17 @@ def losses(out_dir, by_step=False):
     return [(r["step"], r["loss"]) if by_step else r["loss"] for r in records]
 
 
+def word_files(folder, grow=10, n=12, seed=0):
+    """n text files of 30, 30 + grow, 30 + 2 grow, ... words from a six-word vocabulary."""
+    folder.mkdir()
+    g = torch.Generator().manual_seed(seed)
+    for i in range(n):
+        words = torch.randint(0, 6, (30 + grow * i,), generator=g).tolist()
+        (folder / f"f{i:02d}.txt").write_text(" ".join("cat mat sat the on a".split()[w]
+                                                       for w in words))
+    return folder
+
+
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 

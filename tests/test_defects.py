@@ -11,7 +11,7 @@ import torch
 
 import devices
 import train
-from conftest import ROOT, TINY, run
+from conftest import ROOT, TINY, run, word_files
 
 # conftest's tiny model, evaluated only when a test asks (and then on 4 files)
 TINY = [*TINY, "--eval_interval", "100", "--eval_max_files", "4"]
@@ -23,14 +23,7 @@ def records(out_dir):
 
 @pytest.fixture
 def words_dir(tmp_path):
-    d = tmp_path / "words"
-    d.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(12):
-        words = torch.randint(0, 6, (30 + 10 * i,), generator=g).tolist()
-        (d / f"f{i:02d}.txt").write_text(" ".join("cat mat sat the on a".split()[w]
-                                                  for w in words))
-    return d
+    return word_files(tmp_path / "words", grow=10)
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import data
 import devices
 import train
 from bgpt import BGPT, BGPTConfig
-from conftest import ROOT
+from conftest import ROOT, word_files
 
 TINY = ["--hidden_size", "32", "--n_heads", "2", "--patch_layers", "1", "--byte_layers", "1",
         "--max_patches", "16", "--batch_size", "2", "--warmup_steps", "2", "--log_interval", "2",
@@ -28,14 +28,7 @@ HELPERS = {"all_reduce", "all_gather", "barrier"}
 
 @pytest.fixture
 def words_dir(tmp_path):
-    d = tmp_path / "words"
-    d.mkdir()
-    g = torch.Generator().manual_seed(0)
-    for i in range(12):
-        words = torch.randint(0, 6, (30 + 25 * i,), generator=g).tolist()
-        (d / f"f{i:02d}.txt").write_text(" ".join("cat mat sat the on a".split()[w]
-                                                  for w in words))
-    return d
+    return word_files(tmp_path / "words", grow=25)
 
 
 # ---------------------------------------------------------------------------------------------
