@@ -42,9 +42,19 @@ from train import first_line, is_ours, load_checkpoint
 # Loading a model
 
 
-def load_model(path, device="cpu", what="--ckpt"):
+def load_model(path, device="cpu", what="--ckpt", attention=""):
     """(model, info) from our checkpoint, or from a released .pth given as "official:PATH".
-    info has the training data's "ext" and "classes" (empty for a released checkpoint)."""
+    info has the training data's "ext" and "classes" (empty for a released checkpoint).
+    attention: the core to compute with ('' = the checkpoint's): a model trained with 'flash' on
+    a GPU samples with 'sdpa' on a CPU, the same function."""
+    device = torch.device(device)
+    if attention == "flash":  # a Triton kernel: a CUDA GPU, or Triton's interpreter (in fp32)
+        try:
+            import flash
+            flash.check(device, torch.float32)
+        except (ImportError, ValueError) as e:
+            fail(f"--attention flash: {first_line(e)}")
+    overrides = {"attention": attention} if attention else {}
     official = path.startswith("official:")
     path = path[len("official:"):] if official else path
     state = load_checkpoint(path, what)
@@ -55,8 +65,8 @@ def load_model(path, device="cpu", what="--ckpt"):
              " (a released bGPT .pth is read as official:PATH)")
     try:
         if official:
-            return BGPT.from_official(state).to(device).eval(), {}
-        config = BGPTConfig(**state["config"]["model"])
+            return BGPT.from_official(state, **overrides).to(device).eval(), {}
+        config = BGPTConfig(**{**state["config"]["model"], **overrides})
         info = state.get("data", {})
         classify = state["config"]["train"]["classify"]
         model = BGPTClassifier(config, len(info["classes"])) if classify else BGPT(config)
@@ -467,6 +477,8 @@ def build_parser():
     p.add_argument("--show_chars", type=int, default=600,
                    help="print at most this much of each sample")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--attention", default="", choices=["", "sdpa", "flash", "manual"],
+                   help="attention core to compute with ('' = the checkpoint's)")
     p.error = fail  # a bad flag gets one line and exit code 2, without the usage block
     return p
 
@@ -508,7 +520,7 @@ def main(argv=None):
         except (FileNotFoundError, ValueError) as e:  # missing, empty, a broken link, ...
             fail(f"--{folder}: {e}")
 
-    model, info = load_model(args.ckpt, pick_device(args.device))
+    model, info = load_model(args.ckpt, pick_device(args.device), attention=args.attention)
     if isinstance(model, BGPTClassifier) and not args.classify:
         fail(f"--ckpt: {args.ckpt} is a classifier: it labels files, with --classify DIR")
     if args.classify and not isinstance(model, BGPTClassifier):

@@ -11,9 +11,9 @@ import torch.nn.functional as F
 
 import cpu
 import sample
-import train
 from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTClassifier, BGPTConfig
 from cpu import ADD, HLT, INC, LOADI, MOV, POP
+from conftest import run
 from data import encode
 
 TINY = dict(hidden_size=16, n_heads=2, patch_layers=1, byte_layers=1, dropout=0.0)
@@ -339,6 +339,20 @@ def test_command_line_tasks(tmp_path, ckpts, toy_traces, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split("\t")[0] for line in lines[:3]] == ["a_1.txt", "b_2.txt", "c_3.txt"]
     assert lines[3].startswith("accuracy") and "on 2 files whose names carry" in lines[3]
+
+
+def test_attention_flag_overrides_the_checkpoints_core(tmp_path):
+    """A model trained with the flash kernel on a GPU samples on a CPU with --attention sdpa; and
+    --attention flash where the kernel cannot run is one line, exit 2."""
+    cfg = BGPTConfig(patch_size=8, max_patches=16, **{**TINY, "attention": "flash"})
+    ckpt = save(tmp_path / "flash.pt", BGPT(cfg))
+    model, _ = sample.load_model(ckpt, attention="sdpa")
+    assert model.config.attention == "sdpa"
+    assert {m.attention for m in model.modules() if hasattr(m, "attention")} == {"sdpa"}
+    r = run("sample.py", "--ckpt", ckpt, "--attention", "flash", "--device", "cpu",
+            "--num_samples", "1", "--out_dir", str(tmp_path / "s"),
+            env={"TRITON_INTERPRET": "0"})
+    assert r.returncode == 2 and "--attention flash" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_classify_returns_predictions(tmp_path, ckpts):
