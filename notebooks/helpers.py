@@ -10,14 +10,18 @@ import it as `from notebooks import helpers` (pytest puts the root on sys.path).
     best         the best compressor of one family (classic or learned) on the held-out bytes
     compare      the model beside the best compressors, and which of them it beats
     mean_spread  "mean ± std (min-max, n seeds)" of accuracies over seeds
+    code_length_bits  the bits the model gives a file cut as the compressor cuts it (notebook 02)
 """
 
 import json
+import math
 
 import matplotlib.pyplot as plt
 import numpy as np
+import torch
 from matplotlib.patches import FancyBboxPatch
 
+import coder
 import data
 
 # ---------------------------------------------------------------------------------------------
@@ -142,3 +146,29 @@ def mean_spread(values):
     v = np.array(values)
     spread = v.std(ddof=1) if len(v) > 1 else 0
     return f"{v.mean():.1%} ± {spread:.1%} ({v.min():.1%}-{v.max():.1%}, {len(v)} seeds)"
+
+
+# ---------------------------------------------------------------------------------------------
+# The model as a compressor
+
+
+def code_length_bits(model, content, ext="txt", batch_size=8):
+    """The bits the model gives content (bytes) when it is cut as coder.compress cuts it: chunks
+    of the context, each after its own header patch and nothing else. Each byte costs -log2 of
+    its probability among the 256 byte values (EOP dropped and the rest renormalised, as the coder
+    does: the archive stores the length instead of coding an end). One parallel forward pass per
+    batch of chunks, in fp32; the archive's stream is this plus the coder's rounding."""
+    P, S = model.config.patch_size, coder.chunk_size(model)
+    chunks = [content[i:i + S] for i in range(0, len(content), S)]
+    device, bits = next(model.parameters()).device, 0.0
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        for first in range(0, len(chunks), batch_size):
+            batch = [(torch.tensor(data.encode(c, ext, P)[:P + S]), 0)
+                     for c in chunks[first:first + batch_size]]
+            x, mask, _ = data.collate(batch, P)  # (B, T) ids, header patch first
+            logits, _ = model(x.to(device), mask.to(device))  # (B, T - P, V): logits[:, t] predicts x[:, P + t]
+            logp = logits[..., :256].float().log_softmax(-1)  # (B, T - P, 256)
+            for row, c in zip(logp, chunks[first:first + batch_size]):
+                target = torch.tensor(list(c), device=device)  # (n,) the chunk's bytes
+                bits -= float(row[:len(c)].gather(-1, target[:, None]).sum()) / math.log(2)
+    return bits
