@@ -62,7 +62,8 @@ from bgpt import BGPT, EOP, VOCAB_SIZE, BGPTConfig, sample
 from data import fail
 from devices import autocast, compile_decoders, uses_bf16
 
-# The two configs of the issue. steps/warmup/gen_repeats are defaults that the flags override.
+# The two configs bench.py measures: a tiny one and the paper's. steps, warmup and gen_repeats
+# are defaults that the flags override.
 CONFIGS = {
     # hidden 128, 2 patch layers + 1 byte layer, 2 heads of 64, 64 patches (1 KiB), batch 4
     "tiny": dict(model=dict(hidden_size=128, patch_layers=2, byte_layers=1, n_heads=2,
