@@ -11,6 +11,8 @@ import it as `from notebooks import helpers` (pytest puts the root on sys.path).
     compare      the model beside the best compressors, and which of them it beats
     mean_spread  "mean ± std (min-max, n seeds)" of accuracies over seeds
     code_length_bits  the bits the model gives a file cut as the compressor cuts it (notebook 02)
+    byte_bits    the bits the model gives each byte of whole files (notebook 03)
+    bmp_pixel_bits  those bits summed per pixel of a BMP, as an image (notebook 03)
 """
 
 import json
@@ -172,3 +174,30 @@ def code_length_bits(model, content, ext="txt", batch_size=8):
                 target = torch.tensor(list(c), device=device)  # (n,) the chunk's bytes
                 bits -= float(row[:len(c)].gather(-1, target[:, None]).sum()) / math.log(2)
     return bits
+
+
+def byte_bits(model, contents, ext, batch_size=8):
+    """[(n,) array] per file: the bits the model gives each byte of contents (each a whole file
+    that fits the context), -log2 of its probability given the bytes before it, over all V ids
+    as content_bpb counts them (the EOP that ends a file is left out). fp32, no gradients."""
+    P, device, out = model.config.patch_size, next(model.parameters()).device, []
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        for first in range(0, len(contents), batch_size):
+            part = contents[first:first + batch_size]
+            x, mask, _ = data.collate([(torch.tensor(data.encode(c, ext, P)), 0) for c in part], P)
+            logits, _ = model(x.to(device), mask.to(device))  # (B, T - P, V): [:, t] predicts x[:, P + t]
+            logp = logits.float().log_softmax(-1)  # (B, T - P, V)
+            for row, c in zip(logp, part):
+                target = torch.tensor(list(c), device=device)  # (n,)
+                nats = -row[:len(c)].gather(-1, target[:, None])[:, 0]  # (n,)
+                out.append((nats / math.log(2)).cpu().numpy())
+    return out
+
+
+def bmp_pixel_bits(bits, width=32, height=32, header=54):
+    """(height, width) bits per pixel, top row first, from the per-byte bits of a 24-bit BMP:
+    its rows are stored bottom-up, each pixel blue, green, red, each row padded to 4 bytes;
+    a pixel costs the sum of its three bytes."""
+    row = (3 * width + 3) // 4 * 4  # bytes per stored row, padding included
+    rows = np.asarray(bits)[header:header + row * height].reshape(height, row)
+    return rows[:, :3 * width].reshape(height, width, 3).sum(-1)[::-1]  # bottom-up -> top-down

@@ -92,3 +92,37 @@ def test_code_length_bits_is_what_the_coder_spends():
         coder.code_chunks(model, [len(c) for c in chunks], "txt", 2, symbol)
     bits = helpers.code_length_bits(model, content, "txt", batch_size=2)
     assert abs(bits - spent) < 0.01 * spent
+
+
+def test_bmp_pixel_bits_reads_rows_bottom_up_and_sums_a_pixels_three_bytes():
+    """Bits laid out as the BMP's own bytes: one lit pixel comes back at its place, costing the
+    sum of its blue, green and red bytes; a width of 5 checks the row padding (15 -> 16 bytes)."""
+    import numpy as np
+
+    import builders
+
+    for height, width in ((32, 32), (3, 5)):
+        rgb = np.zeros((height, width, 3), np.uint8)
+        rgb[1, 2] = (10, 20, 40)  # row 1 from the top, column 2
+        bits = np.frombuffer(builders.bmp_bytes(rgb), np.uint8).astype(float)
+        bits[:54] = 99  # the header is not a pixel
+        heat = helpers.bmp_pixel_bits(bits, width, height)
+        assert heat.shape == (height, width)
+        assert heat[1, 2] == 70 and heat.sum() == 70
+
+
+def test_byte_bits_gives_every_byte_its_bits_whatever_the_batch():
+    import numpy as np
+    import torch
+
+    from bgpt import BGPT, BGPTConfig
+
+    torch.manual_seed(0)
+    model = BGPT(BGPTConfig(hidden_size=32, patch_layers=1, byte_layers=1, n_heads=2,
+                            max_patches=8, dropout=0)).eval()
+    contents = [bytes(range(50, 100)), b"ab" * 30, b"x"]
+    one_by_one = helpers.byte_bits(model, contents, "txt", batch_size=1)
+    together = helpers.byte_bits(model, contents, "txt", batch_size=3)
+    assert [len(b) for b in together] == [len(c) for c in contents]
+    for a, b in zip(one_by_one, together):
+        assert (a > 0).all() and np.allclose(a, b, atol=1e-4)
