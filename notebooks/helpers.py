@@ -160,33 +160,26 @@ def code_length_bits(model, content, ext="txt", batch_size=8):
     its probability among the 256 byte values (EOP dropped and the rest renormalised, as the coder
     does: the archive stores the length instead of coding an end). One parallel forward pass per
     batch of chunks, in fp32; the archive's stream is this plus the coder's rounding."""
-    P, S = model.config.patch_size, coder.chunk_size(model)
+    S = coder.chunk_size(model)
     chunks = [content[i:i + S] for i in range(0, len(content), S)]
-    device, bits = next(model.parameters()).device, 0.0
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):
-        for first in range(0, len(chunks), batch_size):
-            batch = [(torch.tensor(data.encode(c, ext, P)[:P + S]), 0)
-                     for c in chunks[first:first + batch_size]]
-            x, mask, _ = data.collate(batch, P)  # (B, T) ids, header patch first
-            logits, _ = model(x.to(device), mask.to(device))  # (B, T - P, V): logits[:, t] predicts x[:, P + t]
-            logp = logits[..., :256].float().log_softmax(-1)  # (B, T - P, 256)
-            for row, c in zip(logp, chunks[first:first + batch_size]):
-                target = torch.tensor(list(c), device=device)  # (n,) the chunk's bytes
-                bits -= float(row[:len(c)].gather(-1, target[:, None]).sum()) / math.log(2)
-    return bits
+    return sum(float(b.sum()) for b in byte_bits(model, chunks, ext, batch_size, ids=256))
 
 
-def byte_bits(model, contents, ext, batch_size=8):
+def byte_bits(model, contents, ext, batch_size=8, ids=257):
     """[(n,) array] per file: the bits the model gives each byte of contents (each a whole file
-    that fits the context), -log2 of its probability given the bytes before it, over all V ids
-    as content_bpb counts them (the EOP that ends a file is left out). fp32, no gradients."""
+    that fits the context; a full one loses only its end patch), -log2 of its probability given
+    the bytes before it, over the first `ids` ids: all 257 as content_bpb counts them (the EOP
+    that ends a file is left out), or the 256 byte values as the coder codes them. fp32, no
+    gradients."""
     P, device, out = model.config.patch_size, next(model.parameters()).device, []
+    T = P * model.config.max_patches  # the context, in ids
     with torch.no_grad(), torch.autocast(device.type, enabled=False):
         for first in range(0, len(contents), batch_size):
             part = contents[first:first + batch_size]
-            x, mask, _ = data.collate([(torch.tensor(data.encode(c, ext, P)), 0) for c in part], P)
+            x, mask, _ = data.collate([(torch.tensor(data.encode(c, ext, P)[:T]), 0)
+                                       for c in part], P)
             logits, _ = model(x.to(device), mask.to(device))  # (B, T - P, V): [:, t] predicts x[:, P + t]
-            logp = logits.float().log_softmax(-1)  # (B, T - P, V)
+            logp = logits[..., :ids].float().log_softmax(-1)  # (B, T - P, ids)
             for row, c in zip(logp, part):
                 target = torch.tensor(list(c), device=device)  # (n,)
                 nats = -row[:len(c)].gather(-1, target[:, None])[:, 0]  # (n,)
