@@ -9,6 +9,7 @@ and compress files with it (arithmetic coding: coder.py).
     python sample.py --classify data/digits/test            # label files (classifier checkpoint)
     python data.py cpu --out data/cpu --count 1000          # CPU traces in the release's format
     python sample.py --simulate data/cpu/test               # run them, score against rules
+    python sample.py --simulate data/cpu/test --json r.json # ... and keep every figure
     python sample.py --ckpt official:weights-text.pth       # any of the released checkpoints
     python sample.py --compress FILE --output FILE.bgpt     # arithmetic coding with the model
     python sample.py --decompress FILE.bgpt --output COPY   # the same model restores FILE
@@ -24,6 +25,7 @@ Each task is a function with keyword arguments, so a notebook runs the same code
 
 import argparse
 import collections
+import json
 import os
 import time
 from pathlib import Path
@@ -451,6 +453,9 @@ def build_parser():
     p.add_argument("--classify", default="", metavar="DIR",
                    help="label every file of DIR (classifier checkpoint)")
     p.add_argument("--simulate", default="", metavar="DIR", help="run the .bin CPU traces of DIR")
+    p.add_argument("--json", default="", metavar="FILE",
+                   help="--simulate: also write every figure of its table to FILE (JSON), to "
+                        "compare runs")
     p.add_argument("--compress", default="", metavar="IN",
                    help="arithmetic-code file IN with the model into --output")
     p.add_argument("--decompress", default="", metavar="IN",
@@ -509,6 +514,8 @@ def main(argv=None):
         fail("--output OUT goes with --compress IN or --decompress IN")
     if bool(args.convert) != bool(args.to):
         fail("--convert DIR and --to EXT go together")
+    if args.json and not args.simulate:
+        fail("--json FILE goes with --simulate DIR")
     if args.simulate:
         error = cpu.size_error(args.memory_size, args.num_registers, 1, 1)
         if error:
@@ -534,7 +541,11 @@ def main(argv=None):
         elif args.classify:
             classify(model, info["classes"], args.classify)
         elif args.simulate:
-            simulate(model, files, memory_size=args.memory_size, num_registers=args.num_registers)
+            result = simulate(model, files, memory_size=args.memory_size,
+                              num_registers=args.num_registers)
+            if args.json:
+                Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+                print(f"figures: {args.json}")
         elif args.compress:
             compress_file(model, args.compress, args.output, batch_size=args.batch_size)
         elif args.decompress:

@@ -1,6 +1,7 @@
 """sample.py on tiny models: prompts of any length, generation, the CPU simulation scores against
 the rule baselines (counted here a second, independent way), and one-line errors."""
 
+import json
 from dataclasses import asdict
 
 import numpy as np
@@ -329,9 +330,13 @@ def test_command_line_tasks(tmp_path, ckpts, toy_traces, capsys):
     # 120 ids beside the header: 10 of prompt (its last whole patch, then 2 bytes), 110 new
     assert "max_new_bytes: 110 instead of 300" in out
     sample.main(["--ckpt", ckpts["gen"], "--simulate", str(toy_traces[0].parent), "--memory_size",
-                 str(M), "--num_registers", str(R), "--device", "cpu"])
+                 str(M), "--num_registers", str(R), "--device", "cpu",
+                 "--json", str(tmp_path / "sim.json")])
     out = capsys.readouterr().out
     assert "2 traces, 7 states" in out and "copy_fetch" in out and "MOV" in out
+    figures = json.loads((tmp_path / "sim.json").read_text())  # what the table printed, kept
+    assert figures["traces"] == 2 and figures["states"] == 7 and "MOV" in figures["by_opcode"]
+    assert set(figures["model"]) == set(sample.MODES)
     (tmp_path / "c").mkdir()
     for name in ("a_1.txt", "b_2.txt", "c_3.txt"):
         (tmp_path / "c" / name).write_bytes(b"xyz")
@@ -380,6 +385,7 @@ def test_classify_returns_predictions(tmp_path, ckpts):
     (["--simulate", "BINS", "--memory_size", "10"], "memory_size"),
     (["--simulate", "BINS", "--memory_size", "16", "--num_registers", "3"], "cpu_0.bin"),
     (["--prompt", "FILE", "--simulate", "BINS"], "--prompt and --simulate"),
+    (["--json", "x.json"], "--json"),  # figures of a simulation, without one
     (["--classify", "FULL"], "--classify"),  # a generative checkpoint
     (["--ckpt", "CLF"], "--ckpt"),  # a classifier without --classify
 ])
