@@ -194,3 +194,43 @@ def bmp_pixel_bits(bits, width=32, height=32, header=54):
     row = (3 * width + 3) // 4 * 4  # bytes per stored row, padding included
     rows = np.asarray(bits)[header:header + row * height].reshape(height, row)
     return rows[:, :3 * width].reshape(height, width, 3).sum(-1)[::-1]  # bottom-up -> top-down
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU traces over seeds (notebook 06)
+
+
+def simulation_seeds(results):
+    """Print sample.simulate's figures (results: one dict per training seed, as `sample.py
+    --simulate --json` writes them) as mean, spread and range over the seeds: the model's three
+    figures one step and free running beside copy-fetch's; then, per opcode executed, the share
+    of computed bytes the model got right (one step and free running) and of whole states one
+    step, beside copy-fetch's (a rule: the same every seed)."""
+    def row(method, mode, key):
+        return [r[method][mode][key] for r in results]
+
+    keys = (("byte_accuracy", "state bytes"), ("state_accuracy", "whole states"),
+            ("computed_accuracy", "computed bytes"))
+    print(f"held-out, {results[0]['traces']} traces, {results[0]['states']:,} states; "
+          f"{len(results)} training seeds")
+    for mode in ("free", "one_step"):
+        for key, label in keys:
+            rule = row("copy_fetch", mode, key)[0]  # a rule learns nothing: the same every seed
+            print(f"{mode.replace('_', ' '):9s} {label:15s} model {mean_spread(row('model', mode, key))}"
+                  f" | copy-fetch {rule:.1%}")
+    print("\nby the opcode executed, % mean (min-max) over the seeds: computed bytes right (model,"
+          " one step and free running), whole states right one step (model; copy-fetch)")
+    heads = ("computed, one step", "computed, free", "states, one step", "copy-fetch")
+    print(f"{'op':6s}{'states':>7s}{'computed':>9s}" + "".join(h.rjust(19) for h in heads[:3])
+          + heads[3].rjust(11))
+    for op, first in results[0]["by_opcode"].items():
+        if not first["computed_bytes"]:
+            continue  # nothing executed: only fetched (the first state, HLT, NOP)
+        cells = []
+        for mode, key in (("one_step", "computed"), ("free", "computed"), ("one_step", "state")):
+            v = 100 * np.array([r["by_opcode"][op]["model"][mode][f"{key}_accuracy"]
+                                for r in results])
+            cells.append(f"{v.mean():5.1f} ({v.min():.1f}-{v.max():.1f})".rjust(19))
+        rule = 100 * first["copy_fetch"]["one_step"]["state_accuracy"]
+        print(f"{op:6s}{first['states']:7d}{first['computed_bytes']:9d}" + "".join(cells)
+              + f"{rule:11.1f}")

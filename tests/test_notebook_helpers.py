@@ -126,3 +126,23 @@ def test_byte_bits_gives_every_byte_its_bits_whatever_the_batch():
     assert [len(b) for b in together] == [len(c) for c in contents]
     for a, b in zip(one_by_one, together):
         assert (a > 0).all() and np.allclose(a, b, atol=1e-4)
+
+
+def test_simulation_seeds_prints_mean_and_range_per_opcode(capsys):
+    def F(x):  # sample.simulate's three figures, all x
+        return {"byte_accuracy": x, "state_accuracy": x, "computed_accuracy": x}
+
+    def run(x):  # one seed's simulation: the model at x, copy-fetch at 0.2 whatever the seed
+        figures = {"model": {"one_step": F(x), "free": F(x / 2)},
+                   "copy_fetch": {"one_step": F(0.2), "free": F(0.1)}}
+        return {**figures, "traces": 3, "states": 12,
+                "by_opcode": {"ADD": {"states": 5, "computed_bytes": 4, **figures},
+                              "HLT": {"states": 2, "computed_bytes": 0, **figures}}}
+
+    helpers.simulation_seeds([run(0.5), run(0.7), run(0.9)])
+    out = capsys.readouterr().out
+    assert "free      whole states    model 35.0% ± 10.0% (25.0%-45.0%, 3 seeds) | copy-fetch 10.0%" in out
+    add = next(line for line in out.splitlines() if line.startswith("ADD"))
+    assert add.split() == ["ADD", "5", "4", "70.0", "(50.0-90.0)", "35.0", "(25.0-45.0)",
+                           "70.0", "(50.0-90.0)", "20.0"]
+    assert "HLT" not in out  # executed nothing: no computed byte to score
