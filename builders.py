@@ -331,7 +331,7 @@ def build_digits(root=DEFAULT_ROOT, seed=0, limit=None, test_fraction=TEST_FRACT
 # Every digit word is spoken by each English accent x voice variant x speed x pitch. espeak-ng
 # writes 22,050 Hz 16-bit WAV; we resample to 8 kHz (with an anti-alias filter), cut the silence
 # around the word, scale its peak to PEAK, centre it in exactly 1 s and store it as the paper's
-# 8-bit WAV (8044 bytes). A voice variant (the "speaker") in test is never heard in training.
+# 8-bit WAV (8044 bytes). The TEST_VOICES speak only in test/: a speaker never heard in training.
 # Label = the word (`seven_m3_en-gb-scotland_s140_p35.wav`); the clips also make a small
 # generative audio set.
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -341,6 +341,10 @@ ACCENTS = ("en", "en-us", "en-gb-scotland", "en-gb-x-gbclan", "en-gb-x-gbcwmd", 
            "en-029")
 VOICES = ("m1", "m2", "m3", "m4", "m5", "m6", "m7", "f1", "f2", "f3", "f4", "f5", "croak", "klatt",
           "klatt2", "klatt3", "klatt4", "whisper", "grandpa", "aunty", "Andy")  # --voices=variant
+# The test speakers: three of the 80 variants not in VOICES, drawn once at random
+# (random.Random(2026).sample of the sorted names). They speak only in test/, so no model trains
+# or chooses a setting on them.
+TEST_VOICES = ("Mario", "grandma", "robosoft2")
 SILENCE = 0.05  # a sample below 5% of the clip's peak counts as silence when trimming
 PEAK = 0.9  # loudest sample after scaling, as a fraction of the 8-bit range
 
@@ -363,12 +367,12 @@ def _speak(word, accent, voice, speed, pitch):
 
 
 def build_spoken_digits(root=DEFAULT_ROOT, seed=0, limit=None, accents=ACCENTS, voices=VOICES,
-                        speeds=(140, 190), pitches=(35, 65), test_voices=("m3", "f3", "klatt2")):
+                        speeds=(140, 190), pitches=(35, 65), test_voices=TEST_VOICES):
     _need_command("espeak-ng", "espeak-ng")
     rng = random.Random(seed)
     plans = {"train": [], "test": []}  # (file name, settings): choose first, synthesise after
     for word in DIGIT_WORDS:
-        for voice in voices:
+        for voice in dict.fromkeys(voices + tuple(test_voices)):  # in order, each once
             for accent in accents:
                 for speed in speeds:
                     for pitch in pitches:
