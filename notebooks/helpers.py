@@ -234,3 +234,70 @@ def simulation_seeds(results):
         rule = 100 * first["copy_fetch"]["one_step"]["state_accuracy"]
         print(f"{op:6s}{first['states']:7d}{first['computed_bytes']:9d}" + "".join(cells)
               + f"{rule:11.1f}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Conversion: the bits of a target file, and the parts of a MIDI file (notebook 05)
+
+
+def target_bits(model, content, ext, source=None, source_ext=None):
+    """(bits, hits), each of n + 1 values: the bits the model gives each of content's n bytes and
+    the EOP that ends them (-log2 of its probability over all 257 ids, given the true ids before
+    it), and whether its most likely id was the right one. The sequence is the one the model was
+    trained on: with a source (conversion), the source's patches without its end patch, then
+    content's header patch, content and end patch; without, the file alone. It must fit the
+    context. fp32, no gradients."""
+    P, device = model.config.patch_size, next(model.parameters()).device
+    before = data.encode(source, source_ext, P)[:-P] if source is not None else []
+    x = torch.tensor([before + data.encode(content, ext, P)], device=device)  # (1, T)
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        logits, _ = model(x)  # (1, T - P, V): logits[:, i] predicts x[:, P + i]
+    first = len(before) + P  # index in x of content's first byte, after its header patch
+    idx = torch.arange(first, first + len(content) + 1, device=device)  # n bytes, then the EOP
+    logp = logits[0, idx - P].float().log_softmax(-1)  # (n + 1, V)
+    truth = x[0, idx]  # (n + 1,)
+    bits = -logp.gather(-1, truth[:, None])[:, 0] / math.log(2)  # (n + 1,)
+    return bits.cpu().numpy(), (logp.argmax(-1) == truth).cpu().numpy()
+
+
+def midi_parts(mid):
+    """A label per byte of a one-track MIDI file as abc2midi writes it, and one more for the EOP
+    after it: "MThd + MTrk" (the fixed header bytes), "track length" (the 4 bytes that count the
+    track), "delta times", "text copied from ABC" (the data of text (ff 01) and title (ff 03)
+    meta events), "meta events" (the rest of them: tempo, key, metre, end of track), "note
+    on/off status", "pitch", "velocity", "other events" and "end marker (EOP)"."""
+    parts = ["MThd + MTrk"] * 18 + ["track length"] * 4  # 14 bytes of MThd, then "MTrk" + length
+    i, status = 22, 0x90
+    while i < len(mid):
+        start = i
+        while i < len(mid) - 1 and mid[i] & 0x80:  # a delta time: 7 bits a byte, high bit = more
+            i += 1
+        i += 1
+        parts += ["delta times"] * (i - start)
+        if i >= len(mid):
+            break
+        if mid[i] == 0xFF:  # meta event: ff, type, length, data
+            kind, n = mid[i + 1:i + 2], mid[i + 2] if i + 2 < len(mid) else 0
+            text = kind in (b"\x01", b"\x03")
+            parts += ["meta events"] * 3 + ["text copied from ABC" if text else "meta events"] * n
+            i += 3 + n
+            continue
+        if mid[i] & 0x80:  # a status byte (abc2midi writes one before every note message)
+            status = mid[i]
+            parts.append("note on/off status")
+            i += 1
+        if status & 0xF0 in (0x80, 0x90):
+            parts += ["pitch", "velocity"]
+            i += 2
+        else:
+            n_data = 1 if status & 0xF0 in (0xC0, 0xD0) else 2
+            parts += ["other events"] * n_data
+            i += n_data
+    return parts[:len(mid)] + ["end marker (EOP)"]
+
+
+def midi_title(mid):
+    """The text of a MIDI file's first title event (ff 03 length text; abc2midi copies the ABC's
+    T: line there), or None where it has none."""
+    i = mid.find(b"\xff\x03")
+    return mid[i + 3:i + 3 + mid[i + 2]] if 0 <= i < len(mid) - 2 else None

@@ -146,3 +146,41 @@ def test_simulation_seeds_prints_mean_and_range_per_opcode(capsys):
     assert add.split() == ["ADD", "5", "4", "70.0", "(50.0-90.0)", "35.0", "(25.0-45.0)",
                            "70.0", "(50.0-90.0)", "20.0"]
     assert "HLT" not in out  # executed nothing: no computed byte to score
+
+
+def test_target_bits_of_a_file_alone_are_byte_bits_and_later_bytes_never_change_earlier_bits():
+    import numpy as np
+    import torch
+
+    from bgpt import BGPT, BGPTConfig
+
+    torch.manual_seed(0)
+    model = BGPT(BGPTConfig(hidden_size=32, patch_layers=1, byte_layers=1, n_heads=2,
+                            max_patches=12, dropout=0)).eval()
+    content = bytes(range(60, 100))
+    bits, hits = helpers.target_bits(model, content, "mid")
+    assert len(bits) == len(hits) == len(content) + 1  # the bytes and the EOP after them
+    assert np.allclose(bits[:-1], helpers.byte_bits(model, [content], "mid")[0], atol=1e-4)
+    source = b"X:1\nT:tune\nK:C\nCDEF|"
+    given, _ = helpers.target_bits(model, content, "mid", source, "abc")
+    assert not np.allclose(given, bits)  # the source is read
+    changed = content[:20] + b"!" + content[21:]
+    after, _ = helpers.target_bits(model, changed, "mid", source, "abc")
+    assert np.allclose(after[:20], given[:20], atol=1e-5) and after[20] != given[20]
+
+
+def test_midi_parts_labels_each_byte_of_a_small_file():
+    track = (b"\x00\xff\x03\x03Abc"  # delta 0, the title "Abc"
+             b"\x00\x90\x3c\x50"  # delta 0, note on: pitch 60, velocity 80
+             b"\x83\x60\x80\x3c\x00"  # delta 480 (two bytes), note off
+             b"\x00\xff\x2f\x00")  # end of track
+    mid = b"MThd\x00\x00\x00\x06\x00\x00\x00\x01\x01\xe0MTrk" + len(track).to_bytes(4, "big") + track
+    parts = helpers.midi_parts(mid)
+    assert len(parts) == len(mid) + 1 and parts[-1] == "end marker (EOP)"
+    assert parts[:22] == ["MThd + MTrk"] * 18 + ["track length"] * 4
+    assert parts[22:30] == ["delta times"] + ["meta events"] * 3 + ["text copied from ABC"] * 3 + ["delta times"]
+    assert parts[30:33] == ["note on/off status", "pitch", "velocity"]
+    assert parts[33:38] == ["delta times"] * 2 + ["note on/off status", "pitch", "velocity"]
+    assert parts[38:42] == ["delta times"] + ["meta events"] * 3
+    assert helpers.midi_title(mid) == b"Abc" and helpers.midi_title(b"\x00\x90\x3c") is None
+    assert len(helpers.midi_parts(mid[:-3] + b"\x83")) == len(mid) - 1  # cut short: still a label each
