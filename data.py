@@ -18,6 +18,7 @@ standard library); and the command line:
 
     python data.py cpu --out data/cpu --count 1000     # write random CPU traces (cpu.py's machine)
     python data.py show FILE                            # print a file's patches
+    python data.py tune stdlib                          # choose the learned baselines' settings
 """
 
 import argparse
@@ -30,6 +31,7 @@ import random
 import signal
 import sys
 import sysconfig
+import time
 import zlib
 from pathlib import Path
 
@@ -439,10 +441,8 @@ def classic_bits_per_byte(contents):
 # PPMd (var. H, the model of 7-Zip's .7z PPMd) predicts each byte from the longest context it has
 # seen before, up to `order` bytes, and codes it with a range coder; primed with the training
 # split it is a strong learned baseline: a byte model fitted in one pass, with no neural network.
-# Settings chosen on a validation set (every 20th training file of the stdlib, its first 2032
-# bytes, primed with the other 95%: 28 MB): bits per byte by order 4: 1.90, 6: 1.58, 8: 1.41,
-# 12: 1.27, 16: 1.22, 24: 1.20, 32: 1.188, 64: 1.187. Long orders pay because source files share
-# long runs of text (licences, near-identical modules); past 32 they gain 0.001 for 1.7x memory.
+# Its order (the longest context) is chosen per kind of file, in LEARNED below; PPMD_ORDER is the
+# setting for a kind with no entry there.
 PPMD_ORDER = 32
 PPMD_MEM_PER_BYTE = 64  # model memory per priming byte: order 32 on the stdlib needs ~45
 PPMD_MAX_MEM = 0xFFFFFFFF - 12 * 3  # the largest model Ppmd7 can address (~4 GiB)
@@ -490,10 +490,11 @@ def ppmd_primed_bytes(prime, contents, order=PPMD_ORDER, mem=None):
 
 
 # zstd -19 with a dictionary trained on the training split (zstd's COVER trainer), each held-out
-# file compressed alone with it. Chosen on the same validation set: samples cut like the held-out
-# contents (the files' heads) beat whole files (1.93 vs 2.07 bits per byte at 256 KB, and train
-# ~10x faster); dictionary size 128 KB: 2.01, 256 KB: 1.93, 384 KB: 1.89, 512 KB: 1.95 (the
-# trainer gives up beyond ~1/8 of the samples' bytes).
+# file compressed alone with it. Its samples are the training files cut like the held-out
+# contents (the files' heads): on the stdlib they beat whole files (1.93 vs 2.07 bits per byte
+# at 256 KB) and train ~10x faster. The dictionary's size is chosen per kind, in LEARNED below;
+# ZSTD_DICT_BYTES is the size for a kind with no entry there (the trainer gives up beyond ~1/8 of
+# the samples' bytes and the samples themselves become the dictionary).
 ZSTD_DICT_BYTES = 384 << 10
 
 
@@ -507,28 +508,77 @@ def zstd_dictionary(train_contents, sample_bytes, dict_bytes=ZSTD_DICT_BYTES):
         return zstandard.ZstdCompressionDict(raw, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
 
 
-def learned_bits_per_byte(train_contents, contents, *, ppmd_order=PPMD_ORDER,
-                          zstd_dict_bytes=ZSTD_DICT_BYTES):
+# The learned codecs' settings per kind of file (its extension): (PPMd order, zstd dictionary
+# bytes), each the best on a validation split of that kind's training files, never its test split:
+# `python data.py tune DIR` carves a tenth of DIR's files out by a hash of their names, primes
+# the codecs with the rest and prints every setting's bits per byte on the held-out tenth (cut to
+# the context the model reads). The command beside each entry chose it; RESULTS.md has the sweeps.
+LEARNED = {
+    "py": (PPMD_ORDER, ZSTD_DICT_BYTES),  # python data.py tune stdlib
+}
+LEARNED_DEFAULT = (PPMD_ORDER, ZSTD_DICT_BYTES)  # any other kind
+
+
+def learned_setting(ext=None):
+    """The learned codecs' setting for files with extension ext, in words: "PPMd order 6, zstd
+    dictionary 128 KiB" (the default setting for a kind LEARNED has no entry for)."""
+    order, dict_bytes = LEARNED.get(ext, LEARNED_DEFAULT)
+    return f"PPMd order {order}, zstd dictionary {dict_bytes >> 10} KiB"
+
+
+def _ppmd_prime(train_contents):
+    # the training contents in order, all of them up to PPMD_MAX_MEM / PPMD_MEM_PER_BYTE = 64 MB
+    # (beyond that, the last 64 MB: more would overflow PPMd's memory and restart its model)
+    return b"".join(train_contents)[-(PPMD_MAX_MEM // PPMD_MEM_PER_BYTE):]
+
+
+def learned_bits_per_byte(train_contents, contents, *, ext=None, ppmd_order=None,
+                          zstd_dict_bytes=None):
     """{"ppmd": x, "zstd_dict": x}: bits per byte on contents of the two codecs primed with the
-    training contents (lists of bytes). PPMd is primed with the training contents in order, all of
-    them up to PPMD_MAX_MEM / PPMD_MEM_PER_BYTE = 64 MB (beyond that, the last 64 MB: more would
-    overflow its memory and restart the model); zstd's samples are the training contents cut to
-    the longest held-out content, as the held-out contents are each file's first bytes."""
-    prime = b"".join(train_contents)[-(PPMD_MAX_MEM // PPMD_MEM_PER_BYTE):]
+    training contents (lists of bytes), set as LEARNED says for files of extension ext (an order
+    or a size given here wins). PPMd is primed with the training contents in order (the last
+    64 MB of them at most); zstd's samples are the training contents cut to the longest held-out
+    content, as the held-out contents are each file's first bytes."""
+    order, dict_bytes = LEARNED.get(ext, LEARNED_DEFAULT)
     longest = max(map(len, contents), default=1)
-    dictionary = zstd_dictionary(train_contents, longest, zstd_dict_bytes)
-    return {"ppmd": _bits_per_byte(ppmd_primed_bytes(prime, contents, ppmd_order), contents),
+    dictionary = zstd_dictionary(train_contents, longest, zstd_dict_bytes or dict_bytes)
+    ppmd = ppmd_primed_bytes(_ppmd_prime(train_contents), contents, ppmd_order or order)
+    return {"ppmd": _bits_per_byte(ppmd, contents),
             "zstd_dict": _bits_per_byte([_zstd(c, dictionary) for c in contents], contents)}
 
 
-def baselines(train_contents, contents):
+def baselines(train_contents, contents, ext=None):
     """Every baseline on contents (the held-out bytes the model was scored on, a list of bytes),
-    the learned ones primed with train_contents, plus "best_classic" and "best_learned": the
-    smallest figure of each family."""
+    the learned ones primed with train_contents and set for files of extension ext (LEARNED),
+    plus "best_classic" and "best_learned": the smallest figure of each family."""
     classic = classic_bits_per_byte(contents)
-    learned = learned_bits_per_byte(train_contents, contents)
+    learned = learned_bits_per_byte(train_contents, contents, ext=ext)
     return {**classic, "best_classic": min(classic.values()),
             **learned, "best_learned": min(learned.values())}
+
+
+def sweep_learned(train_contents, contents, orders, dict_sizes):
+    """The learned codecs at every setting, primed with train_contents, on contents:
+    ({PPMd order: bits per byte}, {zstd dictionary bytes: bits per byte})."""
+    prime, longest = _ppmd_prime(train_contents), max(map(len, contents), default=1)
+    ppmd = {order: _bits_per_byte(ppmd_primed_bytes(prime, contents, order), contents)
+            for order in orders}
+    zstd = {}
+    for size in dict_sizes:
+        dictionary = zstd_dictionary(train_contents, longest, size)
+        zstd[size] = _bits_per_byte([_zstd(c, dictionary) for c in contents], contents)
+    return ppmd, zstd
+
+
+def validation_split(names, fraction=0.1):
+    """(kept, held out): indices into names (file names, relative to their folder), the held-out
+    ones those whose hash falls below fraction; the same names give the same split on every
+    machine, in any order. Salted, so that it is not stdlib_files' own eval split again."""
+    kept, held_out = [], []
+    for i, name in enumerate(names):
+        h = int(hashlib.sha1(f"validation/{name}".encode()).hexdigest()[:8], 16)
+        (held_out if h / 0xFFFFFFFF < fraction else kept).append(i)
+    return kept, held_out
 
 
 def scored_contents(dataset):
@@ -550,14 +600,25 @@ def compare_with_baselines(model_bpb, train_ds, eval_ds):
     """The compressors on exactly the bytes the model was scored on (eval_ds's contents): the
     best of those that code each file alone, and the best of those that learn from the training
     split as the model did. Returns (baselines(), a line that sets them beside model_bpb)."""
-    base = baselines(training_contents(train_ds), scored_contents(eval_ds))
+    ext = dataset_ext(eval_ds)
+    base = baselines(training_contents(train_ds), scored_contents(eval_ds), ext)
+    order, dict_bytes = LEARNED.get(ext, LEARNED_DEFAULT)
+    setting = {"ppmd": f" (order {order})", "zstd_dict": f" ({dict_bytes >> 10} KiB dictionary)"}
     parts = [f"model {model_bpb:.3f}"]
     for kind in ("classic", "learned"):
         best = base[f"best_{kind}"]
         name = next(k for k, v in base.items() if v == best and not k.startswith("best_"))
         ratio = model_bpb / best if best else float("inf")  # (a codec can take 0 bytes)
-        parts.append(f"best {kind}: {name} {best:.3f} (the model needs {ratio:.2f}x its bits)")
+        parts.append(f"best {kind}: {name}{setting.get(name, '')} {best:.3f} "
+                     f"(the model needs {ratio:.2f}x its bits)")
     return base, "held-out content bits/byte: " + " | ".join(parts)
+
+
+def dataset_ext(dataset):
+    """The extension all of a dataset's files share (its LEARNED key), or None: files of several
+    kinds, or a conversion's (input, target) pairs, whose scored bytes mix two kinds."""
+    exts = {None if isinstance(s, tuple) else file_ext(s) for s in dataset.sources}
+    return exts.pop() if len(exts) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -580,6 +641,11 @@ def stdlib_files(eval_fraction=0.05):
 
 # ---------------------------------------------------------------------------------------------
 # Command line
+
+
+TUNE_MAX_BYTES = (128 - 1) * 16  # train.py's default run: 128 patches of 16 bytes, one the header
+TUNE_ORDERS = [2, 3, 4, 5, 6, 8, 12, 16, 24, 32, 64]
+TUNE_DICT_KIB = [32, 64, 128, 256, 384, 512]
 
 
 def build_parser():
@@ -607,9 +673,84 @@ def build_parser():
     show = commands.add_parser("show", help="print a file's patches", formatter_class=HelpFormatter)
     show.add_argument("file", help="file to show")
     show.add_argument("--patch_size", type=int, default=16, help="bytes per patch")
-    for p in (parser, c, show):
+    t = commands.add_parser("tune", formatter_class=HelpFormatter,
+                            help="choose the learned baselines' settings on a validation split")
+    t.add_argument("dir", help="folder of training files, or 'stdlib': the default run's "
+                               "training split")
+    t.add_argument("--ext", default=None,
+                   help="only the files with this extension (e.g. mid: a conversion's targets)")
+    t.add_argument("--max_bytes", type=int, default=TUNE_MAX_BYTES,
+                   help="the validation files' first bytes scored, as the model's context holds "
+                        "them: (max_patches - 1) x patch_size; 0: whole files "
+                        f"(default: {TUNE_MAX_BYTES}, the default run's (128 - 1) x 16)")
+    t.add_argument("--val_fraction", type=float, default=0.1,
+                   help="share of the files held out as the validation split")
+    t.add_argument("--max_files", type=int, default=500,
+                   help="most validation files scored, evenly spaced in name order (PPMd codes "
+                        "each in a process of its own: ~10 ms a file and order); 0: all")
+    t.add_argument("--orders", type=int, nargs="+", default=TUNE_ORDERS,
+                   help="PPMd orders to try, 2 to 64")
+    t.add_argument("--dict_kib", type=int, nargs="+", default=TUNE_DICT_KIB,
+                   help="zstd dictionary sizes to try, in KiB")
+    for p in (parser, c, show, t):
         p.error = fail  # a bad flag gets one line and exit code 2, without the usage block
     return parser
+
+
+def tune(args):
+    """python data.py tune DIR: the learned codecs at every setting on a validation split of
+    DIR's files, primed with the rest; prints a table per codec and the best of each."""
+    if args.max_bytes < 0:
+        fail(f"--max_bytes must be at least 0, not {args.max_bytes}")
+    if args.max_files < 0:
+        fail(f"--max_files must be at least 0, not {args.max_files}")
+    if not 0 < args.val_fraction < 1:
+        fail(f"--val_fraction must lie in (0, 1), not {args.val_fraction}")
+    if bad := [o for o in args.orders if not 2 <= o <= 64]:
+        fail(f"--orders: PPMd's order lies in 2..64, not {bad[0]}")
+    if bad := [k for k in args.dict_kib if k < 1]:
+        fail(f"--dict_kib must be at least 1, not {bad[0]}")
+    if args.dir == "stdlib":  # train.py's default split; only its training files
+        root = Path(sysconfig.get_paths()["stdlib"])
+        files = [f for f in stdlib_files()[0] if args.ext in (None, file_ext(f))]
+    elif os.path.isdir(args.dir):
+        root = Path(args.dir)
+        try:
+            files = list_files(root, {args.ext} if args.ext else None)
+        except (OSError, ValueError) as e:  # no files, a broken link, an unreadable file
+            fail(str(e))
+    else:
+        fail(f"no such folder: {args.dir} (give a folder of training files, or 'stdlib')")
+    kept, held_out = validation_split([f.relative_to(root).as_posix() for f in files],
+                                      args.val_fraction)
+    if not kept or not held_out:
+        fail(f"{args.dir}: {len(files)} files{f' of .{args.ext}' if args.ext else ''} are too "
+             f"few to hold {args.val_fraction:.0%} out and prime with the rest")
+    if args.max_files and len(held_out) > args.max_files:  # the others are primed with neither
+        held_out = held_out[::-(-len(held_out) // args.max_files)]
+    start = time.time()
+    train_contents = [files[i].read_bytes() for i in kept]
+    cut = args.max_bytes or None  # 0: whole files
+    contents = [files[i].read_bytes()[:cut] for i in held_out]
+    exts = sorted({file_ext(files[i]) for i in held_out})
+    print(f"{args.dir}: {len(kept)} files ({sum(map(len, train_contents)):,} bytes) prime the "
+          f"codecs; {len(held_out)} validation files (.{', .'.join(exts)}), "
+          + (f"their first {args.max_bytes:,} bytes" if cut else "whole")
+          + f": {sum(map(len, contents)):,} bytes scored")
+    ppmd, zstd = sweep_learned(train_contents, contents, args.orders,
+                               [k << 10 for k in args.dict_kib])
+    print("\nPPMd order   bits per byte")
+    for order, bpb in ppmd.items():
+        print(f"{order:10d}   {bpb:.4f}")
+    print("\nzstd -19 dictionary   bits per byte")
+    for size, bpb in zstd.items():
+        print(f"{size >> 10:15d} KiB   {bpb:.4f}")
+    order, size = min(ppmd, key=ppmd.get), min(zstd, key=zstd.get)
+    print(f"\nbest: PPMd order {order} ({ppmd[order]:.4f} bits per byte), zstd dictionary "
+          f"{size >> 10} KiB ({zstd[size]:.4f}); {time.time() - start:.0f} s")
+    kind = exts[0] if len(exts) == 1 else "EXT"
+    print(f'LEARNED entry: "{kind}": ({order}, {size >> 10} << 10)')
+    return 0
 
 
 def main(argv=None):
@@ -633,6 +774,8 @@ def main(argv=None):
             args.num_registers, args.min_program, args.max_program)
         print(f"wrote {len(train_paths)} train and {len(test_paths)} test traces to {args.out}")
         return 0
+    if args.command == "tune":
+        return tune(args)
 
     P = args.patch_size
     if P < 1:

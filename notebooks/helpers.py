@@ -124,16 +124,20 @@ def best(base, kind):
     return min(family.items(), key=lambda item: item[1])
 
 
-def compare(model_name, model_bpb, base, codec=None):
+def compare(model_name, model_bpb, base, codec=None, ext=None):
     """Print the model beside the best classic compressor, the best learned one and, if given,
     the format's own codec (name, bits per byte), all on the same bytes; then every compressor,
-    and the model against the best of them (the one a skeptic would name). Returns the rows."""
+    and the model against the best of them (the one a skeptic would name). Given ext (the held-out
+    files' extension), also the learned compressors' setting for that kind (data.LEARNED, chosen
+    on a validation split of its training files). Returns the rows."""
     rows = [(model_name, model_bpb)] + [(f"best {kind}: {name}", bpb)
                                         for kind in ("classic", "learned")
                                         for name, bpb in [best(base, kind)]]
     rows += [codec] if codec else []
     for name, bpb in rows:
         print(f"{name:32s} {bpb:6.3f} bits per byte")
+    if ext is not None:
+        print(f"learned compressors, set for .{ext} files: {data.learned_setting(ext)}")
     print("every compressor: " + ", ".join(f"{k} {v:.3f}" for k, v in base.items()
                                            if not k.startswith("best_")))
     name, lowest = min(rows[1:], key=lambda r: r[1])

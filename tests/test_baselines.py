@@ -132,3 +132,116 @@ def test_png_is_no_bigger_than_pillows_optimised_png():
         theirs = io.BytesIO()
         Image.fromarray(pixels).save(theirs, "PNG", optimize=True)  # mode L or RGB
         assert len(ours) <= len(theirs.getvalue()), mode
+
+
+# --- the learned codecs' settings per kind, and the sweep that chooses them (data.py tune) ------
+
+def _write(folder, contents, ext):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, c in enumerate(contents):
+        (folder / f"r{i:03d}.{ext}").write_bytes(c)
+    return folder
+
+
+def test_tune_prints_every_setting_and_picks_the_smallest(tmp_path, capsys):
+    folder = _write(tmp_path / "train", _records(30), "txt")
+    assert data.main(["tune", str(folder), "--orders", "2", "6", "--dict_kib", "4", "16",
+                      "--val_fraction", "0.3", "--max_bytes", "500"]) == 0
+    out = capsys.readouterr().out
+    head = out.splitlines()[0]
+    n_val = int(head.split("; ")[1].split()[0])
+    assert 0 < n_val < 30 and "first 500 bytes" in head and f"{500 * n_val:,} bytes scored" in head
+    rows = [line.split() for line in out.splitlines() if line[:1] == " "]
+    ppmd = {int(r[0]): float(r[1]) for r in rows if len(r) == 2}
+    zstd = {int(r[0]): float(r[2]) for r in rows if len(r) == 3}
+    assert set(ppmd) == {2, 6} and set(zstd) == {4, 16}
+    order, kib = min(ppmd, key=ppmd.get), min(zstd, key=zstd.get)
+    assert f"best: PPMd order {order} ({ppmd[order]:.4f}" in out
+    assert f"zstd dictionary {kib} KiB ({zstd[kib]:.4f})" in out
+    assert f'"txt": ({order}, {kib} << 10)' in out
+    # the printed figures are the sweep's: a held-out file the codecs were never primed with
+    names = [f"r{i:03d}.txt" for i in range(30)]
+    kept, held = data.validation_split(names, 0.3)
+    assert len(held) == n_val and not set(kept) & set(held)
+    train = [(folder / names[i]).read_bytes() for i in kept]
+    val = [(folder / names[i]).read_bytes()[:500] for i in held]
+    assert data.sweep_learned(train, val, [order], [kib << 10])[0][order] == \
+        pytest.approx(ppmd[order], abs=5e-5)
+
+
+def test_validation_split_depends_on_the_names_only():
+    names = [f"dir/file{i}.py" for i in range(400)]
+    kept, held = data.validation_split(names, 0.1)
+    assert 20 < len(held) < 60 and sorted(kept + held) == list(range(400))
+    shuffled = names[::-1]
+    _, held_again = data.validation_split(shuffled, 0.1)
+    assert {shuffled[i] for i in held_again} == {names[i] for i in held}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["tune", "{tmp}/missing"], "no such folder"),
+    (["tune", "{tmp}/empty"], "holds no files"),
+    (["tune", "{tmp}/one"], "too few"),
+    (["tune", "{tmp}/one", "--orders", "1"], "--orders"),
+    (["tune", "{tmp}/one", "--dict_kib", "0"], "--dict_kib"),
+    (["tune", "{tmp}/one", "--max_bytes", "-1"], "--max_bytes"),
+    (["tune", "{tmp}/one", "--val_fraction", "1"], "--val_fraction"),
+])
+def test_tune_bad_input_is_one_line_and_exit_2(tmp_path, capsys, argv, message):
+    (tmp_path / "empty").mkdir()
+    _write(tmp_path / "one", [b"x"], "txt")
+    with pytest.raises(SystemExit) as e:
+        data.main([a.format(tmp=tmp_path) for a in argv])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and message in err, err
+
+
+def test_a_kinds_setting_is_what_the_baselines_use(monkeypatch):
+    used = []
+    ppmd, dictionary = data.ppmd_primed_bytes, data.zstd_dictionary
+    monkeypatch.setattr(data, "ppmd_primed_bytes",
+                        lambda prime, contents, order: used.append(order) or ppmd(prime, contents, order))
+    monkeypatch.setattr(data, "zstd_dictionary",
+                        lambda t, n, size: used.append(size) or dictionary(t, n, size))
+    monkeypatch.setattr(data, "LEARNED", {"xyz": (3, 8 << 10)})
+    train, held_out = _records(20), _records(2, seed=1)
+    data.baselines(train, held_out, ext="xyz")
+    assert used == [8 << 10, 3]
+    used.clear()
+    data.baselines(train, held_out)  # a kind without an entry: the default setting
+    assert used == [data.ZSTD_DICT_BYTES, data.PPMD_ORDER] == list(data.LEARNED_DEFAULT)[::-1]
+    assert data.learned_setting("xyz") == "PPMd order 3, zstd dictionary 8 KiB"
+    assert data.learned_setting("nothing-set") == data.learned_setting(None)
+
+
+def test_compare_with_baselines_names_the_setting(tmp_path, monkeypatch):
+    monkeypatch.setattr(data, "LEARNED", {"xyz": (3, 8 << 10)})
+    files = sorted(_write(tmp_path, _records(12), "xyz").iterdir())
+    train_ds = data.ByteDataset(files[:10], 64)
+    eval_ds = data.ByteDataset(files[10:], 64)
+    assert data.dataset_ext(eval_ds) == "xyz"
+    base, line = data.compare_with_baselines(2.0, train_ds, eval_ds)
+    learned = line.split("best learned: ")[1]
+    expected = "ppmd (order 3)" if base["ppmd"] <= base["zstd_dict"] else "zstd_dict (8 KiB dictionary)"
+    assert learned.startswith(f"{expected} {base['best_learned']:.3f}"), line
+    pairs = data.ByteDataset([(files[0], files[1])], 64)  # a conversion: two kinds, no entry
+    assert data.dataset_ext(pairs) is None
+
+
+def test_the_sweeps_default_context_is_the_default_runs():
+    import train
+    from bgpt import BGPTConfig
+    P = train.DEFAULT_MODEL.get("patch_size", BGPTConfig().patch_size)
+    assert data.TUNE_MAX_BYTES == (train.DEFAULT_MODEL["max_patches"] - 1) * P
+
+
+def test_notebook_compare_prints_the_kinds_setting(capsys, monkeypatch):
+    from notebooks import helpers
+    monkeypatch.setattr(data, "LEARNED", {"xyz": (3, 8 << 10)})
+    base = {"zstd": 3.0, "lzma2": 2.9, "best_classic": 2.9, "ppmd": 2.0, "zstd_dict": 2.5,
+            "best_learned": 2.0}
+    helpers.compare("bGPT", 1.5, base)
+    assert "PPMd order" not in capsys.readouterr().out
+    helpers.compare("bGPT", 1.5, base, ext="xyz")
+    assert "PPMd order 3, zstd dictionary 8 KiB" in capsys.readouterr().out

@@ -171,6 +171,8 @@ def reads_and_writes(script, args):
     elif script == "data.py":
         if args["command"] == "cpu":
             writes += [args["out"], f"{args['out']}/train", f"{args['out']}/test"]
+        elif args["command"] == "tune":  # "stdlib": the default run's files, always there
+            reads.append(args["dir"] if args["dir"] != "stdlib" else "")
         else:
             reads.append(args["file"])
     elif args.get("json"):
