@@ -11,8 +11,12 @@ import it as `from notebooks import helpers` (pytest puts the root on sys.path).
     compare      the model beside the best compressors, and which of them it beats
     mean_spread  "mean ± std (min-max, n seeds)" of accuracies over seeds
     code_length_bits  the bits the model gives a file cut as the compressor cuts it (notebook 02)
-    byte_bits    the bits the model gives each byte of whole files (notebook 03)
+    byte_bits    the bits the model gives each byte of whole files (notebooks 03, 04)
     bmp_pixel_bits  those bits summed per pixel of a BMP, as an image (notebook 03)
+    simulation_seeds  sample.py --simulate's figures over training seeds: mean, spread, range (06)
+    target_bits  a target file's bits per byte, alone or after its conversion source (notebook 05)
+    midi_parts   a label per byte of a MIDI file: header, delta time, pitch, velocity... (05)
+    midi_title   the title text a MIDI file carries (notebook 05)
 """
 
 import json
