@@ -517,8 +517,8 @@ LEARNED = {
     # python data.py tune stdlib: PPMd 1.129 at order 32 (24: 1.135, 64: 1.647), zstd 1.788 at 384 KiB
     "py": (32, 384 << 10),
     # python data.py tune data/shakespeare/train --max_bytes 4112: PPMd 1.930 at order 8,
-    # zstd 2.737 at 512 KiB (the default list's largest; --dict_kib 768 1024: 2.703, 2.662, but
-    # ~1 min to train and far above PPMd, the best learned figure either way)
+    # zstd 2.737 at 512 KiB (the default list's largest; --dict_kib 768 1024: 2.703, 2.662: slow to
+    # train, and far above PPMd, the best learned figure either way)
     "txt": (8, 512 << 10),
     # python data.py tune data/image-tiles/train --max_bytes 3152: PPMd 2.978 at order 16,
     # zstd 3.525 at 512 KiB (the largest size tried)
