@@ -519,9 +519,16 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=0, help="same seed, same files")
     parser.add_argument("--limit", type=int, default=None,
                         help="at most this many files per split (abc-midi: 2 per pair)")
+    parser.add_argument("--max_bytes", type=int, default=None,
+                        help="abc-midi only: drop tunes whose ABC or MIDI is longer (default 2048)")
+    parser.add_argument("--test_fraction", type=float, default=None,
+                        help=f"abc-midi only: the share of tunes held out (default {TEST_FRACTION})")
     args = parser.parse_args(argv)
+    extra = {k: v for k in ("max_bytes", "test_fraction") if (v := getattr(args, k)) is not None}
+    if extra and args.name != "abc-midi":
+        parser.error(f"--{next(iter(extra))} applies to abc-midi only")
     start = time.time()
-    summary = BUILDERS[args.name](root=args.root, seed=args.seed, limit=args.limit)
+    summary = BUILDERS[args.name](root=args.root, seed=args.seed, limit=args.limit, **extra)
     summary["seconds"] = round(time.time() - start, 1)
     print(json.dumps(summary, indent=1))
 

@@ -215,3 +215,9 @@ def test_a_missing_tool_names_its_package(monkeypatch, tmp_path):
         builders.build_abc_midi(tmp_path)
     with pytest.raises(RuntimeError, match="no_such_module not found: pip install some-package"):
         builders._need_module("no_such_module", "some-package")
+
+
+def test_the_abc_midi_flags_are_refused_for_other_builders(capsys):
+    with pytest.raises(SystemExit) as e:
+        builders.main(["image-tiles", "--max_bytes", "512"])
+    assert e.value.code == 2 and "abc-midi only" in capsys.readouterr().err
