@@ -229,7 +229,7 @@ def simulation_seeds(results):
     print("\nby the opcode executed, % mean (min-max) over the seeds: computed bytes right (model,"
           " one step and free running), whole states right one step (model; copy-fetch)")
     heads = ("computed, one step", "computed, free", "states, one step", "copy-fetch")
-    print(f"{'op':6s}{'states':>7s}{'computed':>9s}" + "".join(h.rjust(19) for h in heads[:3])
+    print(f"{'op':6s}{'states':>7s}{'computed':>9s}" + "".join(h.rjust(22) for h in heads[:3])
           + heads[3].rjust(11))
     for op, first in results[0]["by_opcode"].items():
         if not first["computed_bytes"]:
@@ -238,7 +238,7 @@ def simulation_seeds(results):
         for mode, key in (("one_step", "computed"), ("free", "computed"), ("one_step", "state")):
             v = 100 * np.array([r["by_opcode"][op]["model"][mode][f"{key}_accuracy"]
                                 for r in results])
-            cells.append(f"{v.mean():5.1f} ({v.min():.1f}-{v.max():.1f})".rjust(19))
+            cells.append(f"{v.mean():5.1f} ({v.min():.1f}-{v.max():.1f})".rjust(22))
         rule = 100 * first["copy_fetch"]["one_step"]["state_accuracy"]
         print(f"{op:6s}{first['states']:7d}{first['computed_bytes']:9d}" + "".join(cells)
               + f"{rule:11.1f}")
