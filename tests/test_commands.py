@@ -34,10 +34,11 @@ SCRIPTS = ("train.py", "sample.py", "data.py", "bench.py")
 BUILT = {f"{builders.DEFAULT_ROOT}/{name}/{split}"
          for name in builders.BUILDERS for split in builders.SPLITS}
 # The splits the notebooks carve out of a builder's folder: 03 digits fit/val, 04 spoken digits
-# fit/val and the test sample it scores, 06 data/cpu_<programs>/{train,test} (via data.py's
-# writer, cpu.write_cpu_dataset).
+# fit/val and the samples of val and test it scores, 06 data/cpu_<programs>/{train,test} (via
+# data.py's writer, cpu.write_cpu_dataset).
 NOTEBOOK_SPLITS = {"data/digits/fit", "data/digits/val", "data/spoken-digits/fit",
-                   "data/spoken-digits/val", "data/spoken-digits/heldout-sample"}
+                   "data/spoken-digits/val", "data/spoken-digits/val-sample",
+                   "data/spoken-digits/test-sample"}
 NOTEBOOK_CPU = re.compile(r"data/cpu_\d+/(train|test)")
 # The quick start's `python train.py` writes the default out_dir; the released checkpoints are
 # fetched one file at a time under their own names (README, "The released checkpoints").
