@@ -558,11 +558,9 @@ def learned_bits_per_byte(train_contents, contents, *, ext=None, ppmd_order=None
     64 MB of them at most); zstd's samples are the training contents cut to the longest held-out
     content, as the held-out contents are each file's first bytes."""
     order, dict_bytes = LEARNED.get(ext, LEARNED_DEFAULT)
-    longest = max(map(len, contents), default=1)
-    dictionary = zstd_dictionary(train_contents, longest, zstd_dict_bytes or dict_bytes)
-    ppmd = ppmd_primed_bytes(_ppmd_prime(train_contents), contents, ppmd_order or order)
-    return {"ppmd": _bits_per_byte(ppmd, contents),
-            "zstd_dict": _bits_per_byte([_zstd(c, dictionary) for c in contents], contents)}
+    order, dict_bytes = ppmd_order or order, zstd_dict_bytes or dict_bytes
+    ppmd, zstd = sweep_learned(train_contents, contents, [order], [dict_bytes])
+    return {"ppmd": ppmd[order], "zstd_dict": zstd[dict_bytes]}
 
 
 def baselines(train_contents, contents, ext=None):
@@ -578,13 +576,14 @@ def baselines(train_contents, contents, ext=None):
 def sweep_learned(train_contents, contents, orders, dict_sizes):
     """The learned codecs at every setting, primed with train_contents, on contents:
     ({PPMd order: bits per byte}, {zstd dictionary bytes: bits per byte})."""
-    prime, longest = _ppmd_prime(train_contents), max(map(len, contents), default=1)
-    ppmd = {order: _bits_per_byte(ppmd_primed_bytes(prime, contents, order), contents)
-            for order in orders}
+    longest = max(map(len, contents), default=1)
     zstd = {}
     for size in dict_sizes:
         dictionary = zstd_dictionary(train_contents, longest, size)
         zstd[size] = _bits_per_byte([_zstd(c, dictionary) for c in contents], contents)
+    prime = _ppmd_prime(train_contents)
+    ppmd = {order: _bits_per_byte(ppmd_primed_bytes(prime, contents, order), contents)
+            for order in orders}
     return ppmd, zstd
 
 
